@@ -1,0 +1,42 @@
+"""``ssam info``: load the base files (and an adapter) and say what they are."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from ssam.adapter import load_adapter
+from ssam.config.model import ModelConfig
+from ssam.factory import create_model
+from ssam.methods import configure_trainable
+
+
+def info_entry(
+    model: str = typer.Option("vit_b", "--model", help="SAM variant"),
+    sam_checkpoint: Path | None = typer.Option(None, help="SAM checkpoint (official layout)"),
+    image_size: int = typer.Option(256, help="input size S"),
+    text_encoder: str = typer.Option("clip_vit_b32", help="text encoder"),
+    clip_checkpoint: Path | None = typer.Option(None, help="CLIP weights file"),
+    adapter: Path | None = typer.Option(None, help="an adapter to check against the base"),
+    offline: bool = typer.Option(False, help="never download"),
+) -> None:
+    """Load and verify a base checkpoint (and an adapter on it); print what was loaded."""
+    config = ModelConfig(
+        variant=model,
+        image_size=image_size,
+        sam_checkpoint=sam_checkpoint,
+        text_encoder=text_encoder,
+        clip_checkpoint=clip_checkpoint,
+        allow_download=not offline,
+    )
+    built = create_model(config)
+    console = Console()
+    for key, value in built.base_info.to_dict().items():
+        console.print(f"{key}: {value}")
+    groups = configure_trainable(built, config.method)
+    console.print(f"trainable parameters: {sum(groups.values()):,}")
+    if adapter is not None:
+        adapter_config = load_adapter(built, adapter)
+        console.print(f"adapter {adapter}: labels {adapter_config.get('labels')}")

@@ -1,0 +1,41 @@
+"""Entry point: the Typer app, command registration, and one-line errors for user mistakes."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+from pydantic import ValidationError
+
+from ssam.cli import info as info_cmd
+from ssam.cli import params as params_cmd
+from ssam.errors import SSAMError
+
+app = typer.Typer(
+    name="ssam",
+    help="S-SAM: tune Segment Anything's singular values; segment medical images by label name.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.command("params")(params_cmd.params_entry)
+app.command("info")(info_cmd.info_entry)
+
+
+@app.callback()
+def _root() -> None:
+    """S-SAM command line."""
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI. User errors (bad file, shape, label, setting) print one line on stderr and
+    exit with status 2; usage errors are Typer's own (status 2 as well)."""
+    try:
+        app(args=argv)
+    except (SSAMError, ValidationError) as err:
+        print(f"ssam: error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

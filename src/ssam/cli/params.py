@@ -1,0 +1,50 @@
+"""``ssam params``: trainable parameters per group, built without weights or downloads."""
+
+from __future__ import annotations
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ssam.config.model import ModelConfig
+from ssam.factory import count_sam_parameters, create_architecture
+from ssam.methods import configure_trainable
+
+
+def compute_parameter_report(config: ModelConfig) -> dict:
+    """Trainable count per group, total, and share of the official SAM variant's parameters."""
+    model = create_architecture(config)
+    groups = configure_trainable(model, config.method)
+    total = sum(groups.values())
+    sam_total = count_sam_parameters(config.variant)
+    return {
+        "variant": config.variant,
+        "image_size": config.image_size,
+        "method": config.method,
+        "groups": groups,
+        "trainable": total,
+        "sam_parameters": sam_total,
+        "share_percent": 100.0 * total / sam_total,
+    }
+
+
+def params_entry(
+    model: str = typer.Option("vit_b", "--model", help="SAM variant: vit_b, vit_l, vit_h, ..."),
+    image_size: int = typer.Option(256, "--image-size", help="input size S (multiple of 16)"),
+    method: str = typer.Option("ssam", "--method", help="fine-tuning method"),
+) -> None:
+    """Print the trainable parameters of a method, per group, and their share of SAM's."""
+    config = ModelConfig(variant=model, image_size=image_size, method=method)
+    report = compute_parameter_report(config)
+    table = Table(title=f"{method} on SAM {model} at {image_size}x{image_size}")
+    table.add_column("trainable group")
+    table.add_column("parameters", justify="right")
+    for group, count in report["groups"].items():
+        table.add_row(group, f"{count:,}")
+    table.add_row("total", f"{report['trainable']:,}", style="bold")
+    console = Console()
+    console.print(table)
+    console.print(
+        f"{report['trainable']:,} of SAM {model}'s {report['sam_parameters']:,} parameters "
+        f"({report['share_percent']:.2f} %)"
+    )

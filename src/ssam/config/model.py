@@ -1,0 +1,57 @@
+"""Model configuration: which SAM, which input size, which text encoder, which method."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, field_validator
+
+from ssam.methods import METHODS
+from ssam.sam.variants import SAM_VARIANTS
+from ssam.svd import DEFAULT_TARGETS
+from ssam.text import TEXT_ENCODERS
+
+
+class ModelConfig(BaseModel):
+    """How to build an S-SAM model. Paths of None mean: the official file from the cache
+    (downloaded and verified when ``allow_download`` and online)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    variant: str = "vit_b"
+    image_size: int = 256
+    sam_checkpoint: Path | None = None
+    text_encoder: str = "clip_vit_b32"
+    clip_checkpoint: Path | None = None
+    method: str = "ssam"
+    svd_targets: tuple[str, ...] = DEFAULT_TARGETS
+    svd_cache: bool = True
+    allow_download: bool = True
+
+    @field_validator("variant")
+    @classmethod
+    def _known_variant(cls, value: str) -> str:
+        if value not in SAM_VARIANTS:
+            raise ValueError(f"unknown SAM variant {value!r}; known: {sorted(SAM_VARIANTS)}")
+        return value
+
+    @field_validator("text_encoder")
+    @classmethod
+    def _known_text_encoder(cls, value: str) -> str:
+        if value not in TEXT_ENCODERS:
+            raise ValueError(f"unknown text encoder {value!r}; known: {sorted(TEXT_ENCODERS)}")
+        return value
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, value: str) -> str:
+        if value not in METHODS:
+            raise ValueError(f"unknown method {value!r}; known: {sorted(METHODS)}")
+        return value
+
+    @field_validator("image_size")
+    @classmethod
+    def _multiple_of_16(cls, value: int) -> int:
+        if value <= 0 or value % 16:
+            raise ValueError(f"image_size must be a positive multiple of 16, got {value}")
+        return value

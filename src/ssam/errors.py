@@ -1,0 +1,27 @@
+"""Errors a user can act on. Every message names the file, key, label or shape at fault."""
+
+from __future__ import annotations
+
+
+class SSAMError(Exception):
+    """Base class: the CLI prints these as one line, without a traceback."""
+
+
+class CheckpointError(SSAMError, ValueError):
+    """A base checkpoint or weights file is missing, unreadable or of the wrong model."""
+
+
+class AdapterError(SSAMError, ValueError):
+    """An adapter file is unreadable or does not fit the base model it is loaded on."""
+
+
+class DownloadError(SSAMError, OSError):
+    """A download failed or its SHA-256 did not match."""
+
+
+class DataError(SSAMError, ValueError):
+    """A dataset, case, image or mask is missing, corrupt or inconsistent."""
+
+
+class ConfigError(SSAMError, ValueError):
+    """A configuration value is invalid."""

@@ -1,0 +1,78 @@
+"""Fine-tuning methods: what each injects into SAM and which parameters it trains.
+
+A method is a list of named parameter groups (regular expressions over parameter names) plus an
+optional injection step run on the plain SAM before its parameters are grouped. ``ssam`` is the
+paper's set (DESIGN.md 3).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from torch import nn
+
+from ssam.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Method:
+    """Trainable parameter groups (name -> regex over parameter names) and an injection step
+    (``"svd"``: SVD-tune the ``svd_targets``; None: train SAM's own parameters)."""
+
+    name: str
+    groups: tuple[tuple[str, str], ...]
+    inject: str | None = None
+    description: str = ""
+
+
+_SSAM_GROUPS = (
+    ("svd scale and shift", r"\.svd_(scale|shift)$"),
+    ("encoder block LayerNorms", r"^image_encoder\.blocks\.\d+\.norm[12]\."),
+    (
+        "decoder transformer LayerNorms",
+        r"^mask_decoder\.transformer\.(layers\.\d+\.norm\d|norm_final_attn)\.",
+    ),
+    ("encoder positional embedding", r"^image_encoder\.pos_embed$"),
+    ("text affine", r"^text_affine\."),
+)
+
+METHODS: dict[str, Method] = {
+    "ssam": Method(
+        "ssam",
+        _SSAM_GROUPS,
+        inject="svd",
+        description="singular-value scale and shift + norms + positions + text affine (paper)",
+    ),
+}
+
+
+def get_method(name: str) -> Method:
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise ConfigError(f"unknown method {name!r}; known: {', '.join(sorted(METHODS))}") from None
+
+
+def configure_trainable(model: nn.Module, method: str | Method) -> dict[str, int]:
+    """Freeze ``model`` except ``method``'s groups; returns the parameter count per group.
+
+    A group that matches nothing is an error: the model and the method do not fit together.
+    """
+    method = get_method(method) if isinstance(method, str) else method
+    patterns = [(group, re.compile(rx)) for group, rx in method.groups]
+    counts = dict.fromkeys((g for g, _ in patterns), 0)
+    for name, param in model.named_parameters():
+        group = next((g for g, rx in patterns if rx.search(name)), None)
+        frozen_here = name.startswith("text_encoder.")
+        param.requires_grad_(group is not None and not frozen_here)
+        if group is not None and not frozen_here:
+            counts[group] += param.numel()
+    empty = [g for g, n in counts.items() if n == 0]
+    if empty:
+        raise ConfigError(f"method {method.name}: no parameter matches group(s) {empty}")
+    return counts
+
+
+def trainable_names(model: nn.Module) -> list[str]:
+    return [name for name, p in model.named_parameters() if p.requires_grad]

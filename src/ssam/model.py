@@ -1,0 +1,139 @@
+"""The S-SAM model: SAM's three parts plus a label-name prompt token (DESIGN.md 5).
+
+Submodules keep SAM's names (``image_encoder``, ``prompt_encoder``, ``mask_decoder``) so
+parameter names follow the official checkpoint layout; ``text_affine`` maps CLIP features to a
+prompt token and ``text_encoder`` (frozen, optional) supplies those features by label name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from segment_anything.modeling import Sam
+from torch import nn
+
+from ssam.text import TextAffine, TextEncoder
+
+
+class SSAM(nn.Module):
+    """Images (B, 3, S, S), normalised with SAM's pixel mean/std, plus prompts -> mask logits.
+
+    Prompts per image: a label name (-> one text token), and/or SAM points and boxes in input
+    pixel coordinates (x, y). Without points or boxes the prompt encoder contributes an empty
+    sparse set and its no-mask dense embedding; the text token is appended to the sparse set.
+    """
+
+    def __init__(
+        self,
+        sam: Sam,
+        text_affine: TextAffine,
+        text_encoder: TextEncoder | None = None,
+        image_size: int = 1024,
+    ) -> None:
+        super().__init__()
+        self.image_encoder = sam.image_encoder
+        self.prompt_encoder = sam.prompt_encoder
+        self.mask_decoder = sam.mask_decoder
+        self.text_affine = text_affine
+        self.text_encoder = text_encoder
+        self.image_size = image_size
+
+    @property
+    def device(self) -> torch.device:
+        return self.text_affine.linear.weight.device
+
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) -> image embeddings (B, C, S/16, S/16)."""
+        if images.dim() != 4 or images.shape[-2:] != (self.image_size, self.image_size):
+            raise ValueError(
+                f"images must be (B, 3, {self.image_size}, {self.image_size}), "
+                f"got {tuple(images.shape)}"
+            )
+        return self.image_encoder(images)
+
+    def text_features(self, labels: Sequence[str]) -> torch.Tensor:
+        """CLIP features (N, D) of label names, from the frozen encoder's cache."""
+        if self.text_encoder is None:
+            raise RuntimeError("this model has no text encoder; pass text features instead")
+        return self.text_encoder.encode(labels, device=self.device)
+
+    def label_tokens(self, labels: Sequence[str] | torch.Tensor) -> torch.Tensor:
+        """Label names, or their CLIP features (N, D), -> prompt tokens (N, 1, C)."""
+        features = labels if torch.is_tensor(labels) else self.text_features(labels)
+        return self.text_affine(features).unsqueeze(1)
+
+    def decode(
+        self,
+        image_embedding: torch.Tensor,
+        tokens: torch.Tensor | None = None,
+        points: tuple[torch.Tensor, torch.Tensor] | None = None,
+        boxes: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """One image's embedding (1, C, h, w) and N prompts -> low-res logits (N, 1, S/4, S/4).
+
+        ``tokens`` (N, 1, C) label tokens; ``points`` ((N, P, 2) coords, (N, P) labels) and
+        ``boxes`` (N, 4) XYXY, all in input pixels. All N prompts share one decoder call.
+        """
+        sparse, dense = self.prompt_encoder(points=points, boxes=boxes, masks=None)
+        if tokens is not None:
+            if sparse.shape[0] not in (1, tokens.shape[0]) and sparse.shape[1] > 0:
+                raise ValueError(
+                    f"{tokens.shape[0]} label tokens but {sparse.shape[0]} point/box prompts"
+                )
+            sparse = sparse.expand(tokens.shape[0], -1, -1)
+            sparse = torch.cat([sparse, tokens.to(sparse.dtype)], dim=1)
+            dense = dense.expand(tokens.shape[0], -1, -1, -1)
+        logits, _ = self.mask_decoder(
+            image_embeddings=image_embedding,
+            image_pe=self.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=False,
+        )
+        return logits
+
+    def upscale(self, low_res: torch.Tensor) -> torch.Tensor:
+        """(N, 1, S/4, S/4) -> (N, 1, S, S), bilinear as SAM's ``postprocess_masks``."""
+        size = (self.image_size, self.image_size)
+        return F.interpolate(low_res, size, mode="bilinear", align_corners=False)
+
+    def forward(
+        self,
+        images: torch.Tensor,
+        labels: Sequence[str] | torch.Tensor | None = None,
+        boxes: torch.Tensor | None = None,
+        points: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """Images (B, 3, S, S) with one prompt each -> logits (B, 1, S, S).
+
+        ``labels``: B label names (or CLIP features (B, D)); ``boxes`` (B, 4) XYXY; ``points``
+        ((B, P, 2), (B, P)). The decoder runs once per image, as SAM's own ``Sam.forward``.
+        """
+        embeddings = self.encode_images(images)
+        tokens = self.label_tokens(labels) if labels is not None else None
+        if tokens is None and boxes is None and points is None:
+            raise ValueError("give each image a label name, a box or points")
+        outputs = []
+        for i in range(images.shape[0]):
+            outputs.append(
+                self.decode(
+                    embeddings[i : i + 1],
+                    tokens[i : i + 1] if tokens is not None else None,
+                    (points[0][i : i + 1], points[1][i : i + 1]) if points is not None else None,
+                    boxes[i : i + 1] if boxes is not None else None,
+                )
+            )
+        return self.upscale(torch.cat(outputs, dim=0))
+
+    @torch.no_grad()
+    def segment_labels(self, images: torch.Tensor, labels: Sequence[str]) -> torch.Tensor:
+        """Every label on every image: (B, 3, S, S) -> probabilities (B, L, S, S) in [0, 1].
+
+        The encoder runs once per image and the decoder once per image for all L labels.
+        """
+        embeddings = self.encode_images(images)
+        tokens = self.label_tokens(list(labels))
+        probs = [self.upscale(self.decode(e[None], tokens)).sigmoid()[:, 0] for e in embeddings]
+        return torch.stack(probs)

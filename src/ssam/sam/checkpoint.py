@@ -1,0 +1,185 @@
+"""Read official SAM checkpoints safely and fit them to a model of another input size.
+
+Checkpoints are read on the CPU with ``weights_only=True`` (or from safetensors): a file that
+would run code when unpickled is refused. Every failure is a ``CheckpointError`` naming the file.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import re
+import tempfile
+import zipfile
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from torch import nn
+
+from ssam.errors import CheckpointError
+from ssam.sam.variants import SAM_VARIANTS, SamSpec
+
+StateDict = dict[str, torch.Tensor]
+_WRAPPER_KEYS = ("model", "state_dict")
+
+
+def read_state_dict(path: str | Path) -> StateDict:
+    """The tensors of a ``.pth``/``.pt`` (torch zip or legacy pickle) or ``.safetensors`` file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file not found")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: checkpoint file is empty")
+    if path.suffix == ".safetensors":
+        try:
+            return load_file(str(path), device="cpu")
+        except (SafetensorError, OSError, ValueError) as err:
+            raise CheckpointError(f"{path}: not a readable safetensors file ({err})") from None
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        glob = re.search(r"unsupported GLOBAL (\S+)", str(err))
+        if glob:
+            raise CheckpointError(
+                f"{path}: refused to load: it references the Python object {glob.group(1)}, "
+                "which could run code when unpickled (only plain tensor state dicts are accepted)"
+            ) from None
+        raise CheckpointError(
+            f"{path}: not a PyTorch checkpoint of tensors (unreadable or foreign pickle content)"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
+        raise CheckpointError(
+            f"{path}: unreadable checkpoint, truncated or not a PyTorch file ({_first_line(err)})"
+        ) from None
+    return _unwrap_state_dict(obj, path)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__
+
+
+def _unwrap_state_dict(obj: object, path: Path) -> StateDict:
+    if isinstance(obj, dict):
+        for key in _WRAPPER_KEYS:
+            if isinstance(obj.get(key), dict) and len(obj) <= 4:
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not obj:
+        raise CheckpointError(f"{path}: expected a state dict of tensors, got {type(obj).__name__}")
+    bad = [k for k, v in obj.items() if not isinstance(k, str) or not torch.is_tensor(v)]
+    if bad:
+        raise CheckpointError(f"{path}: entries that are not named tensors: {bad[:5]}")
+    return obj
+
+
+def describe_encoder(state: StateDict) -> tuple[int, int] | None:
+    """(embed dim, depth) of the image encoder stored in ``state``, or None if absent."""
+    pos = state.get("image_encoder.pos_embed")
+    if pos is None:
+        return None
+    blocks = {
+        int(m.group(1)) for k in state if (m := re.match(r"image_encoder\.blocks\.(\d+)\.", k))
+    }
+    return int(pos.shape[-1]), len(blocks)
+
+
+def check_variant(state: StateDict, spec: SamSpec, path: str | Path) -> None:
+    """Refuse a checkpoint of another architecture, naming the variant it looks like."""
+    found = describe_encoder(state)
+    if found is None:
+        raise CheckpointError(
+            f"{path}: not a SAM checkpoint: no 'image_encoder.pos_embed' key "
+            f"(first keys: {list(state)[:3]})"
+        )
+    expected = (spec.encoder_embed_dim, spec.encoder_depth)
+    if found != expected:
+        guesses = [
+            s.name for s in SAM_VARIANTS.values() if (s.encoder_embed_dim, s.encoder_depth) == found
+        ]
+        looks = f" (looks like {' or '.join(guesses)})" if guesses else ""
+        raise CheckpointError(
+            f"{path}: image encoder has embed dim {found[0]} and {found[1]} blocks{looks}, "
+            f"but variant {spec.name} needs embed dim {expected[0]} and {expected[1]} blocks"
+        )
+
+
+def resize_pos_embed(pos: torch.Tensor, grid: int) -> torch.Tensor:
+    """(1, G, G, C) absolute positions -> (1, grid, grid, C): adaptive average pooling when
+    shrinking (as the paper), bicubic interpolation when growing."""
+    if pos.shape[1] == grid and pos.shape[2] == grid:
+        return pos
+    x = pos.permute(0, 3, 1, 2).float()
+    if grid <= pos.shape[1]:
+        x = F.adaptive_avg_pool2d(x, grid)
+    else:
+        x = F.interpolate(x, size=(grid, grid), mode="bicubic", align_corners=False)
+    return x.permute(0, 2, 3, 1).to(pos.dtype).contiguous()
+
+
+def resize_rel_pos(table: torch.Tensor, length: int) -> torch.Tensor:
+    """(L, C) relative-position table -> (length, C), linearly, as SAM's ``get_rel_pos`` does."""
+    if table.shape[0] == length:
+        return table
+    x = table.float().T.unsqueeze(0)
+    x = F.interpolate(x, size=length, mode="linear")
+    return x.squeeze(0).T.to(table.dtype).contiguous()
+
+
+def adapt_state_dict(state: StateDict, model: nn.Module) -> StateDict:
+    """Fit a 1024-pixel SAM state dict to ``model``'s input size (timm's checkpoint filter).
+
+    Resizes ``image_encoder.pos_embed`` and every ``rel_pos_h``/``rel_pos_w`` table to the shapes
+    ``model`` holds; other tensors pass unchanged (shape errors surface when loading).
+    """
+    targets = model.state_dict()
+    out = dict(state)
+    for key, value in state.items():
+        target = targets.get(key)
+        if target is None or target.shape == value.shape:
+            continue
+        if key.endswith("pos_embed") and value.dim() == 4:
+            out[key] = resize_pos_embed(value, target.shape[1])
+        elif key.endswith(("rel_pos_h", "rel_pos_w")) and value.dim() == 2:
+            out[key] = resize_rel_pos(value, target.shape[0])
+    return out
+
+
+def load_sam_weights(sam: nn.Module, path: str | Path, spec: SamSpec) -> None:
+    """Load the official-layout checkpoint at ``path`` into ``sam`` (strict), fitted to its size."""
+    state = read_state_dict(path)
+    check_variant(state, spec, path)
+    state = adapt_state_dict(state, sam)
+    expected = sam.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{path}: keys do not match SAM {spec.name}: {len(missing)} missing "
+            f"{missing[:5]}, {len(unexpected)} unexpected {unexpected[:5]}"
+        )
+    wrong = [k for k in expected if expected[k].shape != state[k].shape]
+    if wrong:
+        k = wrong[0]
+        raise CheckpointError(
+            f"{path}: {len(wrong)} tensors have the wrong shape, e.g. {k}: "
+            f"{tuple(state[k].shape)} in the file, {tuple(expected[k].shape)} in SAM {spec.name}"
+        )
+    sam.load_state_dict(state, strict=True)
+
+
+def save_state_dict(state: StateDict, path: str | Path) -> Path:
+    """``torch.save`` a state dict atomically (temporary file, then rename); official layout."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save({k: v.detach().cpu().contiguous() for k, v in state.items()}, tmp)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return path

@@ -1,0 +1,306 @@
+"""Singular-value tuning of linear and convolution layers (DESIGN.md 2).
+
+A pretrained weight W (out x in; a conv weight viewed as out x (in*kh*kw)) is factorised once,
+W = U diag(sigma) V^T, and frozen. Each singular value gets a trainable scale ``a`` (init 1) and
+shift ``b`` (init 0):
+
+    W' = U diag(ReLU(a * sigma + b)) V^T
+
+so at initialisation W' = W. Trainable tensors carry the prefix ``svd_``.
+
+Two ways to apply W':
+* factorised, ((x V) * s') U^T: used whenever gradients must reach ``a`` and ``b``; it never
+  materialises a weight-sized tensor, forward or backward;
+* dense, x W'^T with W' built once and cached until ``a`` or ``b`` change (tracked through the
+  tensors' version counters): used in inference, where it costs what the plain layer costs.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+SVD_PREFIX = "svd_"
+
+DEFAULT_TARGETS: tuple[str, ...] = (
+    "image_encoder.blocks.*.attn.qkv",
+    "image_encoder.blocks.*.attn.proj",
+    "image_encoder.blocks.*.mlp.lin1",
+    "image_encoder.blocks.*.mlp.lin2",
+    "image_encoder.neck.0",
+    "image_encoder.neck.2",
+)
+
+
+@dataclass(frozen=True)
+class SVDFactors:
+    """Thin SVD of a weight viewed as a matrix: U (out x r), S (r,), Vh (r x in_flat)."""
+
+    U: torch.Tensor
+    S: torch.Tensor
+    Vh: torch.Tensor
+
+
+def compute_svd(weight: torch.Tensor) -> SVDFactors:
+    """Thin SVD of a linear (out x in) or conv (out x in x kh x kw) weight, in float32.
+
+    The relative reconstruction error ||U diag(S) Vh - W|| / ||W|| is about 1e-6.
+    """
+    matrix = weight.detach().reshape(weight.shape[0], -1).float()
+    U, S, Vh = torch.linalg.svd(matrix, full_matrices=False)
+    return SVDFactors(U.contiguous(), S.contiguous(), Vh.contiguous())
+
+
+def compute_singular_values(scale: torch.Tensor, shift: torch.Tensor, sigma: torch.Tensor):
+    """The adapted spectrum s' = ReLU(a * sigma + b), shape (r,)."""
+    return F.relu(scale * sigma + shift)
+
+
+def compute_adapted_weight(factors: SVDFactors, scale: torch.Tensor, shift: torch.Tensor):
+    """W' = U diag(ReLU(a * sigma + b)) Vh as a matrix (out x in_flat)."""
+    s = compute_singular_values(scale, shift, factors.S)
+    return (factors.U * s) @ factors.Vh
+
+
+class _SVDLayer(nn.Module):
+    """Shared state of SVD-tuned layers: frozen factors (buffers) and the trainable spectrum."""
+
+    def __init__(self, factors: SVDFactors, bias: torch.Tensor | None) -> None:
+        super().__init__()
+        # Non-persistent: the factors are derived from the base checkpoint (and cached on disk),
+        # never part of a saved model or adapter.
+        self.register_buffer("U", factors.U, persistent=False)
+        self.register_buffer("S", factors.S, persistent=False)
+        self.register_buffer("Vh", factors.Vh, persistent=False)
+        rank = factors.S.shape[0]
+        self.svd_scale = nn.Parameter(torch.ones(rank, device=factors.S.device))
+        self.svd_shift = nn.Parameter(torch.zeros(rank, device=factors.S.device))
+        if bias is None:
+            self.bias = None
+        else:
+            self.bias = nn.Parameter(bias.detach().clone(), requires_grad=False)
+        self._cache: tuple[tuple, torch.Tensor] | None = None
+
+    @property
+    def rank(self) -> int:
+        return self.S.shape[0]
+
+    def factors(self) -> SVDFactors:
+        return SVDFactors(self.U, self.S, self.Vh)
+
+    def singular_values(self) -> torch.Tensor:
+        return compute_singular_values(self.svd_scale, self.svd_shift, self.S)
+
+    def _needs_grad(self) -> bool:
+        return torch.is_grad_enabled() and (
+            self.svd_scale.requires_grad or self.svd_shift.requires_grad
+        )
+
+    def dense_matrix(self) -> torch.Tensor:
+        """W' (out x in_flat), rebuilt only when the spectrum parameters changed."""
+        a, b = self.svd_scale, self.svd_shift
+        key = (
+            a._version,
+            b._version,
+            a.data_ptr(),
+            b.data_ptr(),
+            self.U.data_ptr(),
+            torch.is_inference_mode_enabled(),
+        )
+        if self._cache is None or self._cache[0] != key:
+            with torch.no_grad():
+                self._cache = (key, compute_adapted_weight(self.factors(), a, b))
+        return self._cache[1]
+
+    def _apply(self, fn, recurse=True):  # device or dtype moves invalidate the cache
+        self._cache = None
+        return super()._apply(fn, recurse)
+
+    def use_factorised(self) -> bool:
+        """Factorised while training the spectrum; dense cached W' otherwise."""
+        return self._needs_grad()
+
+
+class SVDLinear(_SVDLayer):
+    """An ``nn.Linear`` whose weight is U diag(ReLU(a*sigma+b)) Vh. Input (..., in) -> (..., out)."""
+
+    def __init__(self, factors: SVDFactors, bias: torch.Tensor | None) -> None:
+        super().__init__(factors, bias)
+        self.out_features, self.in_features = factors.U.shape[0], factors.Vh.shape[1]
+
+    @classmethod
+    def from_linear(cls, layer: nn.Linear, factors: SVDFactors | None = None) -> SVDLinear:
+        return cls(factors or _factors_for(layer.weight), layer.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.use_factorised():
+            h = F.linear(x, self.Vh) * self.singular_values()
+            return F.linear(h, self.U, self.bias)
+        return F.linear(x, self.dense_matrix(), self.bias)
+
+    def merge(self) -> nn.Linear:
+        """A plain ``nn.Linear`` with W' folded in (frozen like the rest of the base)."""
+        layer = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None)
+        with torch.no_grad():
+            layer.to(self.U.device, self.U.dtype)
+            layer.weight.copy_(
+                compute_adapted_weight(self.factors(), self.svd_scale, self.svd_shift)
+            )
+            if self.bias is not None:
+                layer.bias.copy_(self.bias)
+        return layer.requires_grad_(False)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}"
+
+
+class SVDConv2d(_SVDLayer):
+    """An ``nn.Conv2d`` (groups=1) whose weight, viewed as out x (in*kh*kw), is SVD-tuned.
+
+    Factorised form: a conv with the r filters of Vh, a per-channel scale s', then a 1x1 conv
+    with U. Input (B, in, H, W) -> (B, out, H', W').
+    """
+
+    def __init__(self, factors: SVDFactors, bias: torch.Tensor | None, conv: nn.Conv2d) -> None:
+        super().__init__(factors, bias)
+        if conv.groups != 1 or conv.padding_mode != "zeros":
+            raise ValueError(
+                f"SVD tuning supports Conv2d with groups=1 and zero padding, got groups="
+                f"{conv.groups}, padding_mode={conv.padding_mode!r}"
+            )
+        self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
+        self.kernel_size, self.stride = conv.kernel_size, conv.stride
+        self.padding, self.dilation = conv.padding, conv.dilation
+
+    @classmethod
+    def from_conv(cls, layer: nn.Conv2d, factors: SVDFactors | None = None) -> SVDConv2d:
+        return cls(factors or _factors_for(layer.weight), layer.bias, layer)
+
+    def _conv(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
+        return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation)
+
+    def _weight_shape(self, rows: int) -> tuple[int, ...]:
+        return (rows, self.in_channels, *self.kernel_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.use_factorised():
+            h = self._conv(x, self.Vh.view(self._weight_shape(self.rank)), None)
+            h = h * self.singular_values().view(1, -1, 1, 1)
+            return F.conv2d(h, self.U[:, :, None, None], self.bias)
+        weight = self.dense_matrix().view(self._weight_shape(self.out_channels))
+        return self._conv(x, weight, self.bias)
+
+    def merge(self) -> nn.Conv2d:
+        """A plain ``nn.Conv2d`` with W' folded in."""
+        layer = nn.Conv2d(
+            self.in_channels,
+            self.out_channels,
+            self.kernel_size,
+            self.stride,
+            self.padding,
+            self.dilation,
+            bias=self.bias is not None,
+        )
+        with torch.no_grad():
+            layer.to(self.U.device, self.U.dtype)
+            weight = compute_adapted_weight(self.factors(), self.svd_scale, self.svd_shift)
+            layer.weight.copy_(weight.view_as(layer.weight))
+            if self.bias is not None:
+                layer.bias.copy_(self.bias)
+        return layer.requires_grad_(False)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+            f"stride={self.stride}, padding={self.padding}, rank={self.rank}"
+        )
+
+
+SVD_LAYER_TYPES = (SVDLinear, SVDConv2d)
+
+
+def _factors_for(weight: torch.Tensor) -> SVDFactors:
+    """Factors of a real weight, or correctly shaped empty factors for a meta-device weight."""
+    if weight.device.type != "meta":
+        return compute_svd(weight)
+    out, inner = weight.shape[0], weight[0].numel()
+    rank = min(out, inner)
+    meta = {"device": "meta", "dtype": torch.float32}
+    return SVDFactors(
+        torch.empty(out, rank, **meta), torch.empty(rank, **meta), torch.empty(rank, inner, **meta)
+    )
+
+
+def find_targets(model: nn.Module, patterns: Iterable[str]) -> list[str]:
+    """Names of Linear/Conv2d submodules matching any glob pattern (``*`` spans dots)."""
+    patterns = tuple(patterns)
+    return [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, (nn.Linear, nn.Conv2d))
+        and any(fnmatch.fnmatchcase(name, p) for p in patterns)
+    ]
+
+
+def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, module)
+
+
+def inject_svd(
+    model: nn.Module,
+    patterns: Iterable[str] = DEFAULT_TARGETS,
+    factors: dict[str, SVDFactors] | None = None,
+) -> dict[str, SVDFactors]:
+    """Replace each matching Linear/Conv2d of ``model`` in place by its SVD-tuned twin.
+
+    ``factors`` may supply precomputed SVDs by module name (e.g. from the on-disk cache);
+    the others are computed. Returns the factors used, by module name.
+    """
+    factors = dict(factors or {})
+    names = find_targets(model, patterns)
+    if not names:
+        raise ValueError(f"no Linear or Conv2d layer matches the SVD targets {list(patterns)}")
+    for name in names:
+        layer = model.get_submodule(name)
+        known = factors.get(name)
+        if known is not None and known.U.shape[0] != layer.weight.shape[0]:
+            raise ValueError(
+                f"cached SVD factors for {name} have {known.U.shape[0]} rows, "
+                f"the layer has {layer.weight.shape[0]} outputs"
+            )
+        if isinstance(layer, nn.Linear):
+            svd_layer: _SVDLayer = SVDLinear.from_linear(layer, known)
+        else:
+            svd_layer = SVDConv2d.from_conv(layer, known)
+        factors[name] = svd_layer.factors()
+        _set_submodule(model, name, svd_layer)
+    return factors
+
+
+def iter_svd_layers(model: nn.Module) -> Iterator[tuple[str, _SVDLayer]]:
+    for name, module in model.named_modules():
+        if isinstance(module, SVD_LAYER_TYPES):
+            yield name, module
+
+
+def merge_svd(model: nn.Module) -> nn.Module:
+    """Fold every SVD-tuned layer of ``model`` into a plain layer, in place; returns ``model``."""
+    for name, layer in list(iter_svd_layers(model)):
+        _set_submodule(model, name, layer.merge())
+    return model
+
+
+def compute_svd_regulariser(model: nn.Module) -> torch.Tensor:
+    """sum over layers of ||1 - a||_2 + ||b||_2 (DESIGN.md 2; weight it by lambda)."""
+    terms = [
+        torch.linalg.vector_norm(1 - layer.svd_scale) + torch.linalg.vector_norm(layer.svd_shift)
+        for _, layer in iter_svd_layers(model)
+    ]
+    return torch.stack(terms).sum() if terms else torch.zeros(())

@@ -1,0 +1,55 @@
+"""The console command, run in-process through Typer's test runner."""
+
+import re
+
+from typer.testing import CliRunner
+
+from ssam.cli.main import app
+
+runner = CliRunner()
+
+
+def test_params_vit_b_256_is_the_papers_count():
+    result = runner.invoke(app, ["params", "--model", "vit_b", "--image-size", "256"])
+    assert result.exit_code == 0, result.output
+    assert "444,672" in result.output
+    assert "93,735,472" in result.output and "0.47 %" in result.output
+    assert re.search(r"svd scale and shift\s*│\s*74,752", result.output)
+
+
+def test_params_other_variants_and_sizes():
+    result = runner.invoke(app, ["params", "--model", "vit_l", "--image-size", "512"])
+    assert result.exit_code == 0, result.output
+    assert "total" in result.output
+
+
+def test_params_rejects_bad_size():
+    result = runner.invoke(app, ["params", "--image-size", "250"])
+    assert result.exit_code != 0
+    assert "multiple of 16" in str(result.exception) + result.output
+
+
+def test_info_loads_base_and_checks_adapter(tiny_model, tiny_checkpoint, tmp_path):
+    from ssam.adapter import save_adapter
+
+    adapter = save_adapter(tiny_model, tmp_path / "a.safetensors", labels=["polyp"])
+    result = runner.invoke(
+        app,
+        [
+            "info",
+            "--model",
+            "tiny",
+            "--sam-checkpoint",
+            str(tiny_checkpoint),
+            "--image-size",
+            "64",
+            "--text-encoder",
+            "tiny",
+            "--adapter",
+            str(adapter),
+            "--offline",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert tiny_model.base_info.base_sha256 in result.output
+    assert "['polyp']" in result.output

@@ -1,0 +1,122 @@
+"""The assembled model: prompts, shapes, trainable set, learning on a real image."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from ssam.factory import create_model
+from ssam.methods import trainable_names
+from ssam.sam.build import PIXEL_MEAN, PIXEL_STD
+from ssam.svd import SVDConv2d, SVDLinear
+
+
+def _to_input(image: np.ndarray, size: int) -> torch.Tensor:
+    resized = np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR), np.float32)
+    x = (resized - np.array(PIXEL_MEAN, np.float32)) / np.array(PIXEL_STD, np.float32)
+    return torch.from_numpy(x).permute(2, 0, 1)[None]
+
+
+def test_forward_shapes_and_prompts(tiny_model):
+    x = torch.randn(2, 3, 64, 64)
+    logits = tiny_model(x, ["polyp", "lung"])
+    assert logits.shape == (2, 1, 64, 64)
+    boxes = torch.tensor([[4.0, 4.0, 40.0, 40.0], [10.0, 8.0, 60.0, 50.0]])
+    assert tiny_model(x, boxes=boxes).shape == (2, 1, 64, 64)
+    points = (torch.tensor([[[20.0, 20.0]], [[30.0, 30.0]]]), torch.ones(2, 1))
+    both = tiny_model(x, ["polyp", "lung"], boxes=boxes, points=points)
+    assert both.shape == (2, 1, 64, 64)
+    assert not torch.allclose(both, logits)
+    with pytest.raises(ValueError, match="label name, a box or points"):
+        tiny_model(x)
+    with pytest.raises(ValueError, match=r"\(B, 3, 64, 64\)"):
+        tiny_model(torch.randn(1, 3, 32, 32), ["polyp"])
+
+
+def test_all_targets_are_svd_tuned(tiny_model):
+    enc = tiny_model.image_encoder
+    for block in enc.blocks:
+        assert isinstance(block.attn.qkv, SVDLinear) and isinstance(block.mlp.lin2, SVDLinear)
+    assert isinstance(enc.neck[0], SVDConv2d) and isinstance(enc.neck[2], SVDConv2d)
+
+
+def test_segment_labels_batches_decoder_and_matches_forward(tiny_model):
+    tiny_model.eval()
+    x = torch.randn(2, 3, 64, 64)
+    calls = []
+    tiny_model.image_encoder.register_forward_hook(lambda *a: calls.append("enc"))
+    tiny_model.mask_decoder.register_forward_hook(lambda *a: calls.append("dec"))
+    probs = tiny_model.segment_labels(x, ["liver", "kidney", "tumor"])
+    assert probs.shape == (2, 3, 64, 64)
+    assert calls == ["enc", "dec", "dec"]  # encoder once, decoder once per image
+    with torch.no_grad():
+        single = tiny_model(x[1:], ["kidney"]).sigmoid()
+    assert torch.allclose(probs[1, 1], single[0, 0], atol=1e-5)
+
+
+def test_training_updates_only_trainable_set_and_learns(tiny_model, kvasir_pair):
+    image, mask = kvasir_pair
+    x = _to_input(image, 64)
+    target = torch.from_numpy(
+        np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((64, 64))) > 127
+    ).float()[None, None]
+    frozen_before = {
+        n: p.detach().clone() for n, p in tiny_model.named_parameters() if not p.requires_grad
+    }
+    names = trainable_names(tiny_model)
+    assert names and all(
+        ".svd_" in n or "norm" in n or "pos_embed" in n or n.startswith("text_affine")
+        for n in names
+    )
+    params = [p for p in tiny_model.parameters() if p.requires_grad]
+    optimiser = torch.optim.AdamW(params, lr=1e-2, weight_decay=1e-2)
+    tiny_model.train()
+    with torch.no_grad():
+        initial = tiny_model(x, ["polyp"])
+    losses = []
+    for _ in range(25):
+        loss = F.binary_cross_entropy_with_logits(tiny_model(x, ["polyp"]), target)
+        optimiser.zero_grad()
+        loss.backward()
+        for name, p in tiny_model.named_parameters():
+            assert (p.grad is not None) == p.requires_grad, name
+        optimiser.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.95 * losses[0], losses
+    with torch.no_grad():
+        assert not torch.allclose(tiny_model(x, ["polyp"]), initial)
+    for name, p in tiny_model.named_parameters():
+        if name in frozen_before:
+            assert torch.equal(p, frozen_before[name]), name
+    assert all(
+        p.grad is None for n, p in tiny_model.named_parameters() if n.startswith("text_encoder")
+    )
+
+
+def test_no_clip_forward_in_training_once_cached(tiny_model):
+    tiny_model.text_encoder.encode(["liver", "kidney"])
+    calls = []
+    tiny_model.text_encoder.tower.register_forward_hook(lambda *a: calls.append(1))
+    tiny_model.train()
+    loss = tiny_model(torch.randn(2, 3, 64, 64), ["liver", "kidney"]).mean()
+    loss.backward()
+    assert calls == []
+
+
+def test_batch_of_one_trains(tiny_model):
+    tiny_model.train()
+    tiny_model(torch.randn(1, 3, 64, 64), ["liver"]).mean().backward()
+    assert tiny_model.text_affine.linear.weight.grad is not None
+
+
+def test_svd_cache_skips_recomputation(tiny_config, monkeypatch, isolated_cache):
+    create_model(tiny_config)
+    assert list((isolated_cache / "svd").glob("*.safetensors"))
+
+    def fail(*_):
+        raise AssertionError("SVD recomputed despite the cache")
+
+    monkeypatch.setattr("ssam.svd.compute_svd", fail)
+    again = create_model(tiny_config)
+    assert isinstance(again.image_encoder.blocks[0].attn.qkv, SVDLinear)
