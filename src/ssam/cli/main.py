@@ -9,6 +9,7 @@ from pydantic import ValidationError
 
 from ssam.cli import info as info_cmd
 from ssam.cli import params as params_cmd
+from ssam.cli import train as train_cmd
 from ssam.errors import SSAMError
 
 app = typer.Typer(
@@ -20,6 +21,7 @@ app = typer.Typer(
 )
 app.command("params")(params_cmd.params_entry)
 app.command("info")(info_cmd.info_entry)
+app.command("train")(train_cmd.train_entry)
 
 
 @app.callback()

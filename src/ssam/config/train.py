@@ -1,0 +1,144 @@
+"""Training configuration: one validated schema, read from YAML with command-line overrides.
+
+Defaults are the paper's recipe (DESIGN.md 6): focal (alpha 0.75, gamma 3) + soft Dice (smooth
+1), AdamW lr 1e-4, weight decay 1e-2, StepLR every 200 epochs x0.2, batch 32.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from ssam.config.data import DatasetConfig
+from ssam.config.model import ModelConfig
+from ssam.errors import ConfigError
+
+
+class LossConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    focal_alpha: float = Field(0.75, ge=0.0, le=1.0)
+    focal_gamma: float = Field(3.0, ge=0.0)
+    dice_smooth: float = Field(1.0, gt=0.0)
+    focal_weight: float = Field(1.0, ge=0.0)
+    dice_weight: float = Field(1.0, ge=0.0)
+    svd_regulariser: float = Field(0.0, ge=0.0, description="lambda of ||1-a|| + ||b||")
+
+
+class OptimConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    lr: float = Field(1e-4, gt=0.0)
+    weight_decay: float = Field(1e-2, ge=0.0)
+    step_size: int = Field(200, ge=1, description="StepLR period, in epochs")
+    gamma: float = Field(0.2, gt=0.0, le=1.0, description="StepLR factor")
+    grad_clip: float | None = Field(None, gt=0.0)
+
+
+class TrainConfig(BaseModel):
+    """Everything a training run needs; the run folder keeps a copy (``config.yaml``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: ModelConfig = ModelConfig()
+    datasets: list[DatasetConfig] = Field(min_length=1)
+    output_dir: Path = Path("runs/ssam")
+    epochs: int = Field(100, ge=1)
+    max_steps: int | None = Field(None, ge=1, description="stop after this many optimiser steps")
+    batch_size: int = Field(32, ge=1)
+    grad_accumulation: int = Field(1, ge=1)
+    samples_per_epoch: int | None = Field(
+        None, ge=1, description="draws per epoch when sampling by dataset weight (default: all)"
+    )
+    val_every: int = Field(1, ge=1, description="validate every N epochs")
+    checkpoint_every: int = Field(
+        50, ge=1, description="also save the resumable state every N steps"
+    )
+    seed: int = 0
+    num_workers: int = Field(0, ge=0)
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    loss: LossConfig = LossConfig()
+    optim: OptimConfig = OptimConfig()
+    tensorboard: bool = True
+    progress: bool = True
+
+    @model_validator(mode="after")
+    def _unique_dataset_names(self) -> TrainConfig:
+        names = [d.dataset_name for d in self.datasets]
+        if len(set(names)) != len(names):
+            raise ValueError(
+                f"dataset names must be unique, got {names}; set `name:` to tell them apart"
+            )
+        return self
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for key in keys[:-1]:
+        if key.isdigit() and isinstance(node, list):
+            node = node[int(key)]
+            continue
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict | list):
+            raise ConfigError(f"override {dotted!r}: {key!r} is not a section")
+    last = keys[-1]
+    if isinstance(node, list):
+        node[int(last)] = value
+    else:
+        node[last] = value
+
+
+def parse_overrides(items: list[str]) -> list[tuple[str, Any]]:
+    """``["optim.lr=3e-4", "epochs=5"]`` -> [(key, YAML-parsed value), ...]."""
+    pairs = []
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {item!r} must look like key=value (e.g. optim.lr=3e-4)")
+        pairs.append((key.strip(), yaml.safe_load(raw)))
+    return pairs
+
+
+def load_train_config(
+    path: str | Path | None, overrides: list[str] | None = None, **fields: Any
+) -> TrainConfig:
+    """A ``TrainConfig`` from a YAML file, then ``key=value`` overrides, then ``fields``.
+
+    Relative dataset and checkpoint paths in the file are taken relative to the file's folder.
+    """
+    tree: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            tree = yaml.safe_load(path.read_text()) or {}
+        except (OSError, yaml.YAMLError) as err:
+            raise ConfigError(f"{path}: cannot read the config ({err})") from None
+        if not isinstance(tree, dict):
+            raise ConfigError(f"{path}: a config must be a mapping of settings")
+        _resolve_paths(tree, path.parent)
+    for key, value in parse_overrides(overrides or []):
+        _set_dotted(tree, key, value)
+    for key, value in fields.items():
+        if value is not None:
+            _set_dotted(tree, key, value)
+    return TrainConfig.model_validate(tree)
+
+
+def _resolve_paths(tree: dict[str, Any], base: Path) -> None:
+    for entry in tree.get("datasets") or []:
+        if isinstance(entry, dict) and "path" in entry:
+            entry["path"] = str((base / entry["path"]).resolve())
+    model = tree.get("model") or {}
+    for key in ("sam_checkpoint", "clip_checkpoint"):
+        if model.get(key):
+            model[key] = str((base / Path(model[key]).expanduser()).resolve())
+
+
+def dump_train_config(config: TrainConfig) -> str:
+    """The resolved config as YAML (paths as strings), for the run folder."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

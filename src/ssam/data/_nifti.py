@@ -1,0 +1,95 @@
+"""NIfTI (.nii, .nii.gz) volumes via nibabel, kept in the file's own voxel order.
+
+The array is the nibabel data array as stored, (I, J, K), with the file's affine; nothing
+is reoriented. A 2D NIfTI becomes (I, J, 1); trailing singleton dimensions are dropped;
+anything truly 4D (time series, channels in one file) is a DataError.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from ssam.data.properties import ImageProperties, reading
+from ssam.errors import DataError
+
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+
+
+def _spatial_shape(shape: tuple[int, ...], path: Path) -> tuple[int, int, int]:
+    if len(shape) == 2:
+        return int(shape[0]), int(shape[1]), 1
+    if len(shape) >= 3 and all(int(s) == 1 for s in shape[3:]):
+        return int(shape[0]), int(shape[1]), int(shape[2])
+    raise DataError(
+        f"{path}: {len(shape)}D volume of shape {tuple(shape)} is not supported; "
+        "store one 3D file per channel (CASE_0000, CASE_0001, ...)"
+    )
+
+
+def _load(path: Path) -> nib.Nifti1Image:
+    with reading(path, "NIfTI file"):
+        image = nib.load(path)
+    if not isinstance(image, nib.Nifti1Image | nib.Nifti2Image):
+        raise DataError(f"{path}: not a NIfTI image ({type(image).__name__})")
+    return image
+
+
+def _properties(image: nib.Nifti1Image, path: Path, dtype: str) -> ImageProperties:
+    shape = _spatial_shape(image.shape, path)
+    zooms = tuple(float(z) for z in image.header.get_zooms()[:3])
+    zooms = zooms + (1.0,) * (3 - len(zooms))
+    return ImageProperties(
+        path=path,
+        shape=shape,
+        spacing=(zooms[0], zooms[1], zooms[2]),
+        affine=np.asarray(image.affine, dtype=np.float64),
+        kind="3d",
+        n_channels=1,
+        dtype=dtype,
+        header=image.header.copy(),
+    )
+
+
+def read_nifti_header(path: Path) -> ImageProperties:
+    """Shape, spacing and affine from the header only (the data stays compressed)."""
+    image = _load(path)
+    return _properties(image, path, str(image.get_data_dtype()))
+
+
+def read_nifti(path: Path) -> tuple[np.ndarray, ImageProperties]:
+    """Read a NIfTI volume -> ((1, I, J, K) array, properties).
+
+    Values have the header's scl_slope/scl_inter applied (float then); float64 is reduced
+    to float32.
+    """
+    image = _load(path)
+    shape = _spatial_shape(image.shape, path)
+    with reading(path, "NIfTI data"):
+        data = np.asanyarray(image.dataobj)
+    if data.dtype == np.float64:
+        data = data.astype(np.float32)
+    data = np.asarray(data).reshape(shape)
+    return data[None], _properties(image, path, str(data.dtype))
+
+
+def write_nifti(labels: np.ndarray, properties: ImageProperties, path: Path) -> None:
+    """Write an (I, J, K) integer label map with the source's affine and header."""
+    source = properties.header
+    if isinstance(source, nib.Nifti2Header):
+        image_type, header = nib.Nifti2Image, source.copy()
+    elif isinstance(source, nib.Nifti1Header):
+        image_type, header = nib.Nifti1Image, source.copy()
+    else:
+        image_type, header = nib.Nifti1Image, nib.Nifti1Header()
+    header.set_data_dtype(labels.dtype)
+    header.set_slope_inter(None, None)
+    header["cal_min"], header["cal_max"] = 0, float(labels.max()) if labels.size else 0.0
+    image = image_type(labels, properties.affine, header=header)
+    if not isinstance(source, nib.Nifti1Header):
+        # Fresh header (DICOM or 2D source): declare the affine as scanner coordinates.
+        image.set_qform(properties.affine, code=1)
+        image.set_sform(properties.affine, code=1)
+    nib.save(image, path)

@@ -1,0 +1,194 @@
+"""Read images, volumes and label maps; write label maps back with the input's geometry.
+
+Conventions (nnU-Net style: a reader returns the array and its properties, the writer
+takes the properties back):
+
+- Spatial axes are (I, J, K), the voxel axes of ``properties.affine``; NIfTI arrays keep
+  their stored order (nothing is reoriented), DICOM series are (row, column, slice).
+- 2D is a volume of depth one: a 2D image is (H, W, 1), row = I, column = J.
+- Images are channels-first, (C, I, J, K) with C = 1 (grey) or 3 (RGB), in the stored
+  dtype (uint8, uint16 for 16-bit files, float32 after a DICOM rescale or NIfTI scaling).
+  Intensity scaling to 0-255 happens later (`ssam.data.transforms`), never here.
+- Label maps are (I, J, K) of the smallest non-negative integer dtype that fits.
+- Slices: `take_slice(volume, axis, index)`; the default axis is -1 (K, the NIfTI
+  array's last axis: axial for RAS-like volumes; the depth axis of 2D images).
+
+Supported: .png .jpg .jpeg .bmp .tif .tiff (2D), .dcm .dicom (single 2D DICOM file),
+.nii .nii.gz (volume), a folder of DICOM files (one series). Anything else, a corrupt file,
+a 4D volume or a varying alpha channel is a DataError naming the file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from ssam.data._dicom import (
+    DICOM_SUFFIXES,
+    read_dicom_file,
+    read_dicom_file_header,
+    read_dicom_series,
+    read_dicom_series_header,
+)
+from ssam.data._nifti import NIFTI_SUFFIXES, read_nifti, read_nifti_header, write_nifti
+from ssam.data._raster import (
+    PIL_SUFFIXES,
+    TIFF_SUFFIXES,
+    read_raster,
+    read_raster_header,
+    write_raster,
+)
+from ssam.data.properties import ImageProperties, take_slice, to_label_map
+from ssam.errors import DataError
+
+__all__ = [
+    "SUPPORTED_SUFFIXES",
+    "ImageProperties",
+    "binarize_mask",
+    "file_suffix",
+    "label_map_suffix",
+    "read_header",
+    "read_image",
+    "read_mask",
+    "take_slice",
+    "write_label_map",
+]
+
+SUPPORTED_SUFFIXES = PIL_SUFFIXES + TIFF_SUFFIXES + DICOM_SUFFIXES + NIFTI_SUFFIXES
+
+
+def file_suffix(path: Path | str) -> str:
+    """Lower-case extension, with ".nii.gz" as one suffix; "" for none."""
+    name = Path(path).name.lower()
+    if name.endswith(".nii.gz"):
+        return ".nii.gz"
+    return Path(name).suffix
+
+
+def _format_of(path: Path) -> str:
+    if path.is_dir():
+        return "dicom_series"
+    if not path.exists():
+        raise DataError(f"{path}: no such file")
+    suffix = file_suffix(path)
+    if suffix in PIL_SUFFIXES or suffix in TIFF_SUFFIXES:
+        return "raster"
+    if suffix in DICOM_SUFFIXES:
+        return "dicom"
+    if suffix in NIFTI_SUFFIXES:
+        return "nifti"
+    raise DataError(
+        f"{path}: unsupported file type '{suffix or path.name}' "
+        f"(supported: {', '.join(SUPPORTED_SUFFIXES)} or a DICOM series folder)"
+    )
+
+
+def read_image(path: Path | str) -> tuple[np.ndarray, ImageProperties]:
+    """Read an image or volume.
+
+    Returns:
+        image: (C, I, J, K), stored dtype (see module docstring); 2D files are (C, H, W, 1).
+        properties: spacing (mm), affine (4x4), shape (I, J, K), source path, ...
+    """
+    path = Path(path)
+    kind = _format_of(path)
+    if kind == "raster":
+        return read_raster(path)
+    if kind == "dicom":
+        return read_dicom_file(path)
+    if kind == "nifti":
+        return read_nifti(path)
+    return read_dicom_series(path)
+
+
+def read_header(path: Path | str) -> ImageProperties:
+    """Properties without decoding pixel data where the format allows (all supported ones).
+
+    NIfTI shape and affine come from the header; .nii.gz data stays compressed.
+    """
+    path = Path(path)
+    kind = _format_of(path)
+    if kind == "raster":
+        return read_raster_header(path)
+    if kind == "dicom":
+        return read_dicom_file_header(path)
+    if kind == "nifti":
+        return read_nifti_header(path)
+    return read_dicom_series_header(path)
+
+
+def read_mask(path: Path | str) -> tuple[np.ndarray, ImageProperties]:
+    """Read a label map (binary mask or integer labels).
+
+    Palette PNGs give their palette indices. A colour mask is accepted only if its
+    channels are equal (grey stored as RGB). Values must be non-negative integers.
+
+    Returns:
+        labels: (I, J, K) uint8/uint16/int32, raw values (a 0/255 mask stays 0/255; see
+            `binarize_mask`); 2D masks are (H, W, 1).
+        properties: as `read_image`, with n_channels = 1.
+    """
+    path = Path(path)
+    kind = _format_of(path)
+    image, props = read_raster(path, as_mask=True) if kind == "raster" else read_image(path)
+    if any(not np.array_equal(image[0], image[c]) for c in range(1, image.shape[0])):
+        raise DataError(
+            f"{path}: colour mask (channels differ); convert it to a grey label map "
+            "where each pixel holds its label value"
+        )
+    labels = to_label_map(image[0], path)
+    return labels, replace(props, n_channels=1, dtype=str(labels.dtype))
+
+
+def binarize_mask(labels: np.ndarray) -> np.ndarray:
+    """Binary mask of a 0/255, 0/1 (or JPEG-noisy) mask: uint8 {0, 1}, same shape.
+
+    Foreground is value > max / 2, so {0, 1} and {0, 255} both work and JPEG ringing
+    around 0 and 255 is ignored. An all-zero mask stays all zero.
+    """
+    peak = labels.max() if labels.size else 0
+    if peak == 0:
+        return np.zeros(labels.shape, dtype=np.uint8)
+    return (labels.astype(np.float64) * 2 > float(peak)).astype(np.uint8)
+
+
+def label_map_suffix(properties: ImageProperties) -> str:
+    """Natural extension for a label map of this source: ".png" for 2D, else ".nii.gz"."""
+    return ".png" if properties.kind == "2d" else ".nii.gz"
+
+
+def write_label_map(labels: np.ndarray, properties: ImageProperties, path: Path | str) -> Path:
+    """Write a label map with the geometry of the image it was predicted from.
+
+    Args:
+        labels: (I, J, K) integer (or bool) label map of shape ``properties.shape``; for
+            2D sources (H, W) is accepted as well.
+        properties: from `read_image` / `read_mask` of the source image.
+        path: .png / .tif(f) (2D only, 8-bit or 16-bit) or .nii / .nii.gz (any; the
+            source's affine, and its NIfTI header if it had one).
+
+    Returns:
+        The path written.
+    """
+    path = Path(path)
+    labels = np.asarray(labels)
+    if labels.ndim == 2 and properties.is_2d:
+        labels = labels[..., None]
+    if tuple(labels.shape) != tuple(properties.shape):
+        raise DataError(
+            f"{path}: label map shape {tuple(labels.shape)} differs from the source "
+            f"{properties.path} shape {properties.shape}"
+        )
+    labels = to_label_map(labels, path)
+    suffix = file_suffix(path)
+    if suffix in NIFTI_SUFFIXES:
+        write_nifti(labels, properties, path)
+        return path
+    if not properties.is_2d:
+        raise DataError(f"{path}: a volume of shape {properties.shape} needs .nii or .nii.gz")
+    if labels.dtype == np.int32:
+        raise DataError(f"{path}: label values above 65535 do not fit a PNG or TIFF")
+    write_raster(labels[..., 0], path)
+    return path

@@ -1,0 +1,64 @@
+"""Assemble the training and validation samples of every configured dataset."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch.utils.data import ConcatDataset
+
+from ssam.config.train import TrainConfig
+from ssam.data.cases import Case
+from ssam.data.layouts import load_cases
+from ssam.data.samples import SegmentationSamples, build_samples, label_vocabulary
+from ssam.data.splits import split_dataset
+from ssam.errors import DataError
+
+
+@dataclass
+class TrainingData:
+    """Per-dataset training and validation samples, in config order, and the label vocabulary."""
+
+    train: list[SegmentationSamples]
+    val: list[SegmentationSamples]
+    weights: list[float]
+    vocabulary: list[str]
+    val_cases: dict[str, list[Case]]
+
+    @property
+    def train_set(self) -> ConcatDataset:
+        return ConcatDataset(self.train)
+
+    @property
+    def val_set(self) -> ConcatDataset | None:
+        return ConcatDataset(self.val) if self.val else None
+
+
+def _check_disjoint(name: str, train: list[Case], val: list[Case]) -> None:
+    overlap = {c.case_id for c in train} & {c.case_id for c in val}
+    if overlap:
+        raise DataError(
+            f"dataset {name}: cases in both train and validation: {sorted(overlap)[:5]}"
+        )
+
+
+def build_training_data(config: TrainConfig) -> TrainingData:
+    """Read, validate and split every dataset (by case), before any training starts.
+
+    Raises DataError naming the dataset, file or label at fault.
+    """
+    size, seed = config.model.image_size, config.seed
+    train, val, weights, val_cases = [], [], [], {}
+    for dataset in config.datasets:
+        cases = load_cases(dataset)
+        if not cases:
+            raise DataError(f"dataset {dataset.dataset_name} ({dataset.path}): no usable cases")
+        split = split_dataset(cases, dataset.split, dataset.path)
+        _check_disjoint(dataset.dataset_name, split.train, split.val)
+        if not split.train:
+            raise DataError(f"dataset {dataset.dataset_name}: the split leaves no training case")
+        train.append(build_samples(dataset, split.train, size, train=True, seed=seed))
+        weights.append(dataset.weight)
+        if split.val:
+            val.append(build_samples(dataset, split.val, size, train=False, seed=seed))
+            val_cases[dataset.dataset_name] = list(split.val)
+    return TrainingData(train, val, weights, label_vocabulary(train), val_cases)

@@ -1,0 +1,281 @@
+"""The training loop (DESIGN.md 6), on one CPU or GPU or many through ``accelerate``.
+
+Determinism: data order and augmentation depend only on (seed, epoch, index), CLIP features are
+computed once per label, and the resumable state is saved after whole optimiser steps, so a run
+killed at any point and resumed with ``resume=True`` ends with the same adapter (bit-exact on
+the CPU) as an uninterrupted run of the same seed.
+
+Run folder: ``config.yaml`` (resolved), ``metrics.jsonl`` and ``tensorboard/``, ``last.safetensors``
+and ``best.safetensors`` (adapters), ``state.pt`` (resumable state).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from torch.utils.data import DataLoader, default_collate
+from tqdm.auto import tqdm
+
+from ssam.adapter import adapter_state_dict, save_adapter
+from ssam.config.train import TrainConfig, dump_train_config
+from ssam.errors import ConfigError
+from ssam.factory import create_model
+from ssam.losses import segmentation_loss
+from ssam.report import write_text_atomic
+from ssam.svd import compute_svd_regulariser
+from ssam.train.batches import compute_epoch_order, group_for_accumulation, split_batches
+from ssam.train.data import TrainingData, build_training_data
+from ssam.train.log import RunLogger
+from ssam.train.state import STATE_FILE, Progress, load_training_state, save_training_state
+from ssam.train.validate import compute_batch_dice, validate
+
+log = logging.getLogger(__name__)
+
+# Settings a resumed run may change; any other difference would make it another run.
+_RESUMABLE_CHANGES = {"epochs", "max_steps", "progress", "num_workers", "tensorboard"}
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    progress: Progress
+    last_adapter: Path
+    best_adapter: Path | None
+    labels: list[str]
+
+
+def _check_resume_config(saved: dict, current: dict, path: Path) -> None:
+    changed = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+    changed = [k for k in changed if k not in _RESUMABLE_CHANGES]
+    if changed:
+        raise ConfigError(
+            f"{path}: cannot resume: settings differ from the saved run: {changed} "
+            "(only epochs, max_steps, progress, num_workers, tensorboard may change)"
+        )
+
+
+def _prepare_run_dir(config: TrainConfig, resume: bool) -> Path:
+    run_dir = Path(config.output_dir)
+    state = run_dir / STATE_FILE
+    if state.exists() and not resume:
+        raise ConfigError(
+            f"{run_dir} already holds a training run; pass --resume to continue it, "
+            "or choose another output directory"
+        )
+    if resume and not state.exists():
+        raise ConfigError(f"{state}: nothing to resume (no saved training state)")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def _load_trainable(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    named = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+    with torch.no_grad():
+        for key, value in tensors.items():
+            named[key].copy_(value)
+
+
+class _Run:
+    """One training run's live objects; methods are the loop's steps."""
+
+    def __init__(self, config: TrainConfig, resume: bool) -> None:
+        self.config = config
+        self.run_dir = _prepare_run_dir(config, resume)
+        self.accelerator = Accelerator(
+            cpu=config.device == "cpu", mixed_precision=config.mixed_precision
+        )
+        self.main = self.accelerator.is_main_process
+        torch.manual_seed(config.seed)
+        self.data: TrainingData = build_training_data(config)
+        model = create_model(config.model, device="cpu")
+        model.text_encoder.encode(self.data.vocabulary)  # CLIP runs here, never in a step
+        params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(
+            params, lr=config.optim.lr, weight_decay=config.optim.weight_decay
+        )
+        self.scheduler = torch.optim.lr_scheduler.StepLR(
+            self.optimizer, step_size=config.optim.step_size, gamma=config.optim.gamma
+        )
+        self.progress = Progress()
+        if resume:
+            self._restore(model)
+        elif self.main:
+            write_text_atomic(self.run_dir / "config.yaml", dump_train_config(config))
+        self.model, self.optimizer = self.accelerator.prepare(model, self.optimizer)
+        self.logger = RunLogger(self.run_dir, config.tensorboard, enabled=self.main)
+
+    def _restore(self, model: torch.nn.Module) -> None:
+        state = load_training_state(self.run_dir / STATE_FILE)
+        current = self.config.model_dump(mode="json")
+        _check_resume_config(state["config"], current, self.run_dir / STATE_FILE)
+        _load_trainable(model, state["tensors"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.progress = state["progress"]
+        torch.set_rng_state(state["torch_rng"])
+
+    @property
+    def unwrapped(self) -> torch.nn.Module:
+        return self.accelerator.unwrap_model(self.model)
+
+    def save_state(self) -> None:
+        if not self.main:
+            return
+        save_training_state(
+            self.run_dir / STATE_FILE,
+            adapter_state_dict(self.unwrapped),
+            self.optimizer.state_dict(),
+            self.scheduler.state_dict(),
+            self.progress,
+            self.config.model_dump(mode="json"),
+        )
+
+    def save_adapter(self, name: str) -> Path:
+        path = self.run_dir / name
+        if self.main:
+            save_adapter(self.unwrapped, path, labels=self.data.vocabulary)
+        return path
+
+    def epoch_groups(self, epoch: int) -> list[list[list[int]]]:
+        c = self.config
+        order = compute_epoch_order(
+            [len(d) for d in self.data.train], self.data.weights, c.seed, epoch, c.samples_per_epoch
+        )
+        batches = split_batches(
+            order, c.batch_size, self.accelerator.process_index, self.accelerator.num_processes
+        )
+        return group_for_accumulation(batches, c.grad_accumulation)
+
+    def loss(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        device, c = self.accelerator.device, self.config.loss
+        with self.accelerator.autocast():
+            logits = self.model(batch["image"].to(device), list(batch["label"]))
+        target = batch["mask"].to(device)
+        loss = segmentation_loss(
+            logits.float(),
+            target,
+            c.focal_alpha,
+            c.focal_gamma,
+            c.dice_smooth,
+            c.focal_weight,
+            c.dice_weight,
+        )
+        if c.svd_regulariser > 0:
+            loss = loss + c.svd_regulariser * compute_svd_regulariser(self.unwrapped)
+        return loss, compute_batch_dice(logits.float(), target)
+
+    def optimiser_step(self, batches: list[dict]) -> tuple[float, float]:
+        """Forward and backward every micro-batch of one step, then the optimiser step.
+        Returns the step's mean loss and mean training Dice."""
+        total_loss, dices = 0.0, []
+        for i, batch in enumerate(batches):
+            sync = i == len(batches) - 1
+            context = contextlib.nullcontext() if sync else self.accelerator.no_sync(self.model)
+            with context:
+                loss, dice = self.loss(batch)
+                self.accelerator.backward(loss / len(batches))
+            total_loss += loss.item() / len(batches)
+            dices.append(dice)
+        if self.config.optim.grad_clip:
+            self.accelerator.clip_grad_norm_(self.model.parameters(), self.config.optim.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return total_loss, torch.cat(dices).mean().item()
+
+    def steps_left(self) -> int | None:
+        if self.config.max_steps is None:
+            return None
+        return self.config.max_steps - self.progress.step
+
+    def run_epoch(self, epoch: int) -> float:
+        """Train one epoch from where the progress says; returns the mean step loss."""
+        groups = self.epoch_groups(epoch)
+        todo = groups[self.progress.steps_in_epoch :]
+        if self.steps_left() is not None:
+            todo = todo[: max(self.steps_left(), 0)]
+        for dataset in self.data.train:
+            dataset.set_epoch(epoch)
+        loader = DataLoader(
+            self.data.train_set,
+            batch_sampler=[batch for group in todo for batch in group],
+            num_workers=self.config.num_workers,
+            collate_fn=default_collate,
+        )
+        batches = iter(loader)
+        bar = tqdm(
+            todo,
+            desc=f"epoch {epoch + 1}/{self.config.epochs}",
+            disable=not (self.config.progress and self.main),
+            leave=False,
+        )
+        losses = []
+        for group in bar:
+            loss, dice = self.optimiser_step([next(batches) for _ in group])
+            losses.append(loss)
+            self.progress.step += 1
+            self.progress.steps_in_epoch += 1
+            bar.set_postfix(loss=f"{loss:.4f}", dice=f"{dice:.3f}")
+            lr = self.optimizer.param_groups[0]["lr"]
+            self.logger.log("train", self.progress.step, epoch=epoch, loss=loss, dice=dice, lr=lr)
+            if self.progress.step % self.config.checkpoint_every == 0:
+                self.save_state()
+        return sum(losses) / len(losses) if losses else math.nan
+
+    def finish_epoch(self, epoch: int, mean_loss: float, complete: bool) -> None:
+        """Validate when due, keep the best adapter, save the last adapter and the state."""
+        if complete:
+            self.scheduler.step()
+            self.progress.epoch = epoch + 1
+            self.progress.steps_in_epoch = 0
+        due = complete and (
+            (epoch + 1) % self.config.val_every == 0 or epoch + 1 == self.config.epochs
+        )
+        record = {"epoch": epoch, "train_loss": mean_loss}
+        if due and self.data.val_set is not None:
+            scores = validate(
+                self.model,
+                self.data.val_set,
+                self.config.batch_size,
+                self.accelerator.device,
+                self.accelerator.autocast,
+            )
+            record.update({f"val_{k}": v for k, v in scores.items()})
+            best = self.progress.best_score
+            if best is None or scores["dice"] > best:
+                self.progress.best_score, self.progress.best_epoch = scores["dice"], epoch
+                self.save_adapter("best.safetensors")
+        self.logger.log("epoch", self.progress.step, **record)
+        self.save_adapter("last.safetensors")
+        self.save_state()
+
+
+def train(config: TrainConfig, resume: bool = False) -> TrainResult:
+    """Train an adapter as ``config`` says (continuing a saved run when ``resume``)."""
+    run = _Run(config, resume)
+    try:
+        epochs = range(run.progress.epoch, config.epochs)
+        for epoch in tqdm(epochs, desc="training", disable=not (config.progress and run.main)):
+            if run.steps_left() is not None and run.steps_left() <= 0:
+                break
+            mean_loss = run.run_epoch(epoch)
+            complete = run.progress.steps_in_epoch == len(run.epoch_groups(epoch))
+            run.finish_epoch(epoch, mean_loss, complete)
+            if not complete:
+                break
+        run.accelerator.wait_for_everyone()
+    finally:
+        run.logger.close()
+    best = run.run_dir / "best.safetensors"
+    return TrainResult(
+        run.run_dir,
+        run.progress,
+        run.run_dir / "last.safetensors",
+        best if best.exists() else None,
+        run.data.vocabulary,
+    )

@@ -1,0 +1,224 @@
+"""Training on real data layouts, determinism, SIGKILL-and-resume, multi-process, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from ssam.config.train import load_train_config
+from ssam.errors import ConfigError, DataError
+from ssam.train import train
+from ssam.train.data import build_training_data
+from ssam.train.log import read_log
+
+TINY = [
+    "model.variant=tiny",
+    "model.image_size=64",
+    "model.text_encoder=tiny",
+    "model.allow_download=false",
+    "progress=false",
+    "tensorboard=false",
+]
+
+
+def link_subset(src: Path, dst: Path, n: int) -> Path:
+    """A folder-layout dataset of the first ``n`` real pairs, as symlinks (nothing copied)."""
+    for sub in ("images", "masks"):
+        (dst / sub).mkdir(parents=True)
+    for image in sorted((src / "images").iterdir())[:n]:
+        mask = src / "masks" / f"{image.stem}.png"
+        (dst / "images" / image.name).symlink_to(image)
+        (dst / "masks" / mask.name).symlink_to(mask)
+    return dst
+
+
+def link_nnunet_subset(src: Path, dst: Path, cases: list[str], channels: int = 1) -> Path:
+    (dst / "imagesTr").mkdir(parents=True)
+    (dst / "labelsTr").mkdir()
+    shutil.copy(src / "dataset.json", dst / "dataset.json")
+    ending = json.loads((src / "dataset.json").read_text())["file_ending"]
+    for case in cases:
+        for c in range(channels):
+            name = f"{case}_{c:04d}{ending}"
+            (dst / "imagesTr" / name).symlink_to(src / "imagesTr" / name)
+        (dst / "labelsTr" / f"{case}{ending}").symlink_to(src / "labelsTr" / f"{case}{ending}")
+    return dst
+
+
+def _config(tmp_path, checkpoint, datasets, *extra):
+    overrides = [*TINY, f"model.sam_checkpoint={checkpoint}", *extra]
+    return load_train_config(
+        None, overrides, datasets=datasets, output_dir=str(tmp_path / "run"), batch_size=4
+    )
+
+
+@pytest.fixture(scope="module")
+def kvasir_small(shared_data, tmp_path_factory):
+    return link_subset(shared_data / "kvasir-seg", tmp_path_factory.mktemp("kv") / "kvasir", 12)
+
+
+def test_train_folder_layout_writes_run_folder(tmp_path, tiny_checkpoint, kvasir_small):
+    config = _config(
+        tmp_path,
+        tiny_checkpoint,
+        [{"path": str(kvasir_small), "layout": "folder", "label": "polyp"}],
+        "epochs=2",
+        "tensorboard=true",
+    )
+    result = train(config)
+    run = result.run_dir
+    for name in (
+        "config.yaml",
+        "metrics.jsonl",
+        "last.safetensors",
+        "best.safetensors",
+        "state.pt",
+    ):
+        assert (run / name).is_file(), name
+    assert list((run / "tensorboard").iterdir())
+    records = read_log(run / "metrics.jsonl")
+    epochs = [r for r in records if r["kind"] == "epoch"]
+    assert len(epochs) == 2 and all(0.0 <= r["val_dice"] <= 1.0 for r in epochs)
+    steps = [r for r in records if r["kind"] == "train"]
+    assert steps[-1]["step"] == result.progress.step == 2 * 3  # 10 train cases / batch 4
+    assert result.labels == ["polyp"]
+    with pytest.raises(ConfigError, match="already holds a training run"):
+        train(config)
+
+
+def test_train_nnunet_2d_curvas(tmp_path, tiny_checkpoint, shared_data):
+    src = shared_data / "curvas-ct"
+    cases = sorted({p.name.rsplit("_", 1)[0] for p in (src / "imagesTr").iterdir()})[:6]
+    root = link_nnunet_subset(src, tmp_path / "curvas", cases)
+    config = _config(
+        tmp_path,
+        tiny_checkpoint,
+        [{"path": str(root), "layout": "nnunet", "split": {"val_fraction": 0.34, "seed": 1}}],
+        "max_steps=3",
+    )
+    data = build_training_data(config)
+    train_ids = {c.case_id for d in data.train for c in d.cases}
+    val_ids = {c.case_id for d in data.val for c in d.cases}
+    assert train_ids and val_ids and not train_ids & val_ids
+    assert data.vocabulary == ["kidney", "liver", "pancreas"]
+    result = train(config)
+    assert result.progress.step == 3
+
+
+def test_train_nifti_3d_slices(tmp_path, tiny_checkpoint, shared_data):
+    root = link_nnunet_subset(
+        shared_data / "ms-lesions-mri", tmp_path / "ms", ["patient07", "patient19"], channels=2
+    )
+    config = _config(
+        tmp_path,
+        tiny_checkpoint,
+        [
+            {
+                "path": str(root),
+                "layout": "nnunet",
+                "channels": ["FLAIR"],
+                "intensity": {"preset": "mri"},
+                "split": {"val_fraction": 0.5},
+                "neg_ratio": 0.1,
+            }
+        ],
+        "max_steps=2",
+        "batch_size=2",
+    )
+    result = train(config)
+    assert result.progress.step == 2
+    assert result.labels == ["lesion"]
+    assert set(load_file(result.last_adapter)) >= {"text_affine.linear.weight"}
+
+
+def _cli_train(args: list[str], env: dict) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "ssam", "train", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_sigkill_and_resume_is_bit_exact(tmp_path, tiny_checkpoint, kvasir_small):
+    env = {**os.environ, "SSAM_CACHE": str(tmp_path / "cache")}
+    common = [
+        "--data", str(kvasir_small), "--label", "polyp", "--epochs", "3", "--batch-size", "2",
+        "--sam-checkpoint", str(tiny_checkpoint), "--set", "checkpoint_every=1",
+        "--set", "optim.lr=0.01", *[a for o in TINY for a in ("--set", o)],
+    ]  # fmt: skip
+    straight = _cli_train([*common, "--output-dir", str(tmp_path / "a")], env)
+    assert straight.wait(timeout=300) == 0, straight.stderr.read()
+
+    killed_dir = tmp_path / "b"
+    victim = _cli_train([*common, "--output-dir", str(killed_dir)], env)
+    log = killed_dir / "metrics.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline:  # kill in the middle of the second epoch (5 steps/epoch)
+        if log.exists() and sum('"kind": "train"' in x for x in log.read_text().splitlines()) >= 7:
+            break
+        time.sleep(0.02)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(timeout=30)
+    assert victim.returncode == -signal.SIGKILL
+    state = torch.load(killed_dir / "state.pt", weights_only=True)
+    assert 0 < state["progress"]["steps_in_epoch"] < 5, "the kill should land mid-epoch"
+
+    resumed = _cli_train([*common, "--output-dir", str(killed_dir), "--resume"], env)
+    assert resumed.wait(timeout=300) == 0, resumed.stderr.read()
+    a = load_file(tmp_path / "a" / "last.safetensors")
+    b = load_file(killed_dir / "last.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_resume_refuses_changed_settings(tmp_path, tiny_checkpoint, kvasir_small):
+    dataset = [{"path": str(kvasir_small), "layout": "folder", "label": "polyp"}]
+    train(_config(tmp_path, tiny_checkpoint, dataset, "max_steps=1"))
+    changed = _config(tmp_path, tiny_checkpoint, dataset, "max_steps=2", "optim.lr=0.5")
+    with pytest.raises(ConfigError, match=r"settings differ.*optim"):
+        train(changed, resume=True)
+    more = train(_config(tmp_path, tiny_checkpoint, dataset, "max_steps=2"), resume=True)
+    assert more.progress.step == 2
+
+
+def test_bad_input_fails_before_training(tmp_path, tiny_checkpoint, kvasir_small):
+    broken = tmp_path / "broken"
+    shutil.copytree(kvasir_small, broken, symlinks=True)
+    orphan = sorted((broken / "masks").iterdir())[0]
+    (broken / "images" / f"{orphan.stem}.jpg").unlink()
+    config = _config(
+        tmp_path, tiny_checkpoint, [{"path": str(broken), "layout": "folder", "label": "polyp"}]
+    )
+    with pytest.raises(DataError, match=orphan.stem):
+        train(config)
+    assert not (tmp_path / "run" / "state.pt").exists()
+
+
+def test_two_processes_on_cpu(tmp_path, tiny_checkpoint, kvasir_small):
+    """DDP through accelerate with the gloo backend: the multi-GPU path, run on CPU."""
+    env = {**os.environ, "SSAM_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    args = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+        "--standalone", "-m", "ssam", "train", "--data", str(kvasir_small),
+        "--label", "polyp", "--epochs", "1", "--batch-size", "2", "--output-dir",
+        str(tmp_path / "ddp"), "--sam-checkpoint", str(tiny_checkpoint), "--set", "device=cpu",
+        *[a for o in TINY for a in ("--set", o)],
+    ]  # fmt: skip
+    done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    steps = [r for r in read_log(tmp_path / "ddp" / "metrics.jsonl") if r["kind"] == "train"]
+    assert len(steps) == 10 // (2 * 2)  # global batch of 4, last partial one dropped
+    assert (tmp_path / "ddp" / "last.safetensors").is_file()
