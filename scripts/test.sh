@@ -3,6 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh --dev
+bash scripts/install-browser.sh   # Debian's Chromium, for the web page's browser test
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 status=0

@@ -7,6 +7,7 @@ from ssam.svd import (
     SVDLinear,
     compute_svd,
     compute_svd_regulariser,
+    compute_svds,
     find_targets,
     inject_svd,
     merge_svd,
@@ -29,6 +30,27 @@ def test_svd_reconstructs_linear_weight(shape):
     f = compute_svd(weight)
     assert f.S.shape == (min(shape),)
     assert _relative((f.U * f.S) @ f.Vh, weight) < 1e-5
+
+
+def test_wide_svd_is_orthonormal_and_parallel_svds_agree():
+    torch.manual_seed(4)
+    weights = {
+        "wide": torch.randn(24, 80),
+        "tall": torch.randn(80, 24),
+        "conv": torch.randn(8, 4, 3, 3),
+    }
+    threads = torch.get_num_threads()
+    factors = compute_svds(weights, workers=2)
+    assert torch.get_num_threads() == threads
+    for name, weight in weights.items():
+        f, single = factors[name], compute_svd(weight)
+        matrix = weight.reshape(weight.shape[0], -1)
+        r = min(matrix.shape)
+        assert f.U.shape == (matrix.shape[0], r) and f.Vh.shape == (r, matrix.shape[1])
+        assert _relative((f.U * f.S) @ f.Vh, matrix) < 1e-5
+        assert torch.allclose(f.U.T @ f.U, torch.eye(r), atol=1e-5)
+        assert torch.allclose(f.Vh @ f.Vh.T, torch.eye(r), atol=1e-5)
+        assert torch.all(f.S[:-1] >= f.S[1:]) and torch.allclose(f.S, single.S)
 
 
 def test_svd_reconstructs_conv_weight():

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from ssam.config.model import ModelConfig
+from ssam.lora import inject_lora
 from ssam.methods import configure_trainable, get_method
 from ssam.model import SSAM
 from ssam.sam.build import build_sam
@@ -40,6 +41,7 @@ class BaseInfo:
     svd_targets: tuple[str, ...]
     base_sha256: str | None
     text_sha256: str | None
+    lora_rank: int | None = None
 
     def to_dict(self) -> dict:
         return {**asdict(self), "svd_targets": list(self.svd_targets)}
@@ -57,8 +59,13 @@ def _inject_svd(sam: torch.nn.Module, config: ModelConfig, sha256: str | None) -
             log.warning("could not write the SVD cache (%s); it will be recomputed next time", err)
 
 
+def _inject_lora(sam: torch.nn.Module, config: ModelConfig, sha256: str | None) -> None:
+    """Rank-``config.lora_rank`` LoRA on q and v of every encoder ``attn.qkv`` (SAMed)."""
+    inject_lora(sam, config.lora_rank)
+
+
 # Method.inject names one of these: (plain SAM, config, checkpoint SHA-256) -> None, in place.
-INJECTORS = {"svd": _inject_svd}
+INJECTORS = {"svd": _inject_svd, "lora": _inject_lora}
 
 
 def _inject(sam: torch.nn.Module, config: ModelConfig, sha256: str | None) -> None:
@@ -132,6 +139,7 @@ def _base_info(config: ModelConfig, sha256: str | None, text_sha: str | None) ->
         svd_targets=tuple(config.svd_targets),
         base_sha256=sha256,
         text_sha256=text_sha,
+        lora_rank=config.lora_rank if get_method(config.method).inject == "lora" else None,
     )
 
 

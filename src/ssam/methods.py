@@ -2,7 +2,17 @@
 
 A method is a list of named parameter groups (regular expressions over parameter names) plus an
 optional injection step run on the plain SAM before its parameters are grouped. ``ssam`` is the
-paper's set (DESIGN.md 3).
+paper's set (DESIGN.md 3); the others are the comparison methods, sharing everything else (data,
+loss, label-name prompt, evaluation):
+
+* ``lora``: rank-r LoRA on the query and value blocks of every encoder ``attn.qkv`` (SAMed's
+  placement; rank ``ModelConfig.lora_rank``, default 4 as SAMed) + text affine. SAMed itself also
+  fine-tunes the whole mask decoder; here only the encoder adaptation is compared.
+* ``bias``: every bias of the image encoder, its LayerNorms (blocks and neck), the decoder
+  transformer's LayerNorms + text affine (AdaptiveSAM's bias tuning; its code also trains the
+  positional embedding, the prompt encoder and the whole mask decoder).
+* ``decoder``: the whole mask decoder + text affine; the encoder stays pretrained SAM.
+* ``full``: every SAM parameter + text affine (CLIP stays frozen).
 """
 
 from __future__ import annotations
@@ -17,8 +27,10 @@ from ssam.errors import ConfigError
 
 @dataclass(frozen=True)
 class Method:
-    """Trainable parameter groups (name -> regex over parameter names) and an injection step
-    (``"svd"``: SVD-tune the ``svd_targets``; None: train SAM's own parameters)."""
+    """Trainable parameter groups (name -> regex over parameter names; a parameter belongs to
+    the first group it matches) and an injection step (a key of ``ssam.factory.INJECTORS``:
+    ``"svd"`` SVD-tunes the ``svd_targets``, ``"lora"`` adds LoRA; None: train SAM's own
+    parameters)."""
 
     name: str
     groups: tuple[tuple[str, str], ...]
@@ -26,15 +38,18 @@ class Method:
     description: str = ""
 
 
+_TEXT_AFFINE = ("text affine", r"^text_affine\.")
+_DECODER_NORMS = (
+    "decoder transformer LayerNorms",
+    r"^mask_decoder\.transformer\.(layers\.\d+\.norm\d|norm_final_attn)\.",
+)
+
 _SSAM_GROUPS = (
     ("svd scale and shift", r"\.svd_(scale|shift)$"),
     ("encoder block LayerNorms", r"^image_encoder\.blocks\.\d+\.norm[12]\."),
-    (
-        "decoder transformer LayerNorms",
-        r"^mask_decoder\.transformer\.(layers\.\d+\.norm\d|norm_final_attn)\.",
-    ),
+    _DECODER_NORMS,
     ("encoder positional embedding", r"^image_encoder\.pos_embed$"),
-    ("text affine", r"^text_affine\."),
+    _TEXT_AFFINE,
 )
 
 METHODS: dict[str, Method] = {
@@ -43,6 +58,37 @@ METHODS: dict[str, Method] = {
         _SSAM_GROUPS,
         inject="svd",
         description="singular-value scale and shift + norms + positions + text affine (paper)",
+    ),
+    "lora": Method(
+        "lora",
+        (("lora down and up", r"\.lora_[AB]$"), _TEXT_AFFINE),
+        inject="lora",
+        description="rank-r LoRA on q and v of the encoder's qkv (SAMed) + text affine",
+    ),
+    "bias": Method(
+        "bias",
+        (
+            ("encoder LayerNorms", r"^image_encoder\.(blocks\.\d+\.norm[12]|neck\.[13])\."),
+            ("encoder biases", r"^image_encoder\..*\.bias$"),
+            _DECODER_NORMS,
+            _TEXT_AFFINE,
+        ),
+        description="encoder biases + LayerNorms + text affine (AdaptiveSAM's bias tuning)",
+    ),
+    "decoder": Method(
+        "decoder",
+        (("mask decoder", r"^mask_decoder\."), _TEXT_AFFINE),
+        description="the whole mask decoder + text affine; pretrained encoder",
+    ),
+    "full": Method(
+        "full",
+        (
+            ("image encoder", r"^image_encoder\."),
+            ("prompt encoder", r"^prompt_encoder\."),
+            ("mask decoder", r"^mask_decoder\."),
+            _TEXT_AFFINE,
+        ),
+        description="every SAM parameter + text affine (CLIP frozen)",
     ),
 }
 

@@ -193,7 +193,7 @@ def _warp(tissue: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def _paint_liver_interior(tissue: np.ndarray, rng: np.random.Generator) -> None:
-    """Bright portal vessels and (with ``LESION_PROBABILITY``) one lesion >= 2 px inside."""
+    """Bright portal vessels and (with ``LESION_PROBABILITY``) one lesion inside."""
     liver = tissue == LIVER
     depth = ndimage.distance_transform_edt(liver)
     for _ in range(rng.integers(2, 6)):
@@ -206,8 +206,11 @@ def _paint_liver_interior(tissue: np.ndarray, rng: np.random.Generator) -> None:
         tissue[vessel & (depth >= 1.5)] = VESSEL
     if rng.random() >= LESION_PROBABILITY or depth.max() < 5:
         return
-    largest = max(3.0, min(0.6 * depth.max(), 0.1 * tissue.shape[0]))
-    radius = float(np.exp(rng.uniform(np.log(2.5), np.log(largest))))  # small ones are common
+    # Radius 4-10 % of the field of view (about 1.4-3.5 cm): small enough to be a lesion,
+    # large enough to stay visible at the demo's input size.
+    smallest = max(2.5, 0.04 * tissue.shape[0])
+    largest = max(smallest + 0.5, min(0.6 * depth.max(), 0.1 * tissue.shape[0]))
+    radius = float(np.exp(rng.uniform(np.log(smallest), np.log(largest))))
     candidates = np.argwhere(depth >= min(radius + 2, depth.max()))
     center = candidates[rng.integers(len(candidates))]
     radii, angle = (radius, radius * rng.uniform(0.7, 1.3)), rng.uniform(0, np.pi)

@@ -7,8 +7,14 @@ import sys
 import typer
 from pydantic import ValidationError
 
+from ssam.cli import demo as demo_cmd
+from ssam.cli import evaluate as evaluate_cmd
+from ssam.cli import export as export_cmd
 from ssam.cli import info as info_cmd
+from ssam.cli import merge as merge_cmd
 from ssam.cli import params as params_cmd
+from ssam.cli import predict as predict_cmd
+from ssam.cli import serve as serve_cmd
 from ssam.cli import train as train_cmd
 from ssam.errors import SSAMError
 
@@ -19,9 +25,15 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+app.command("demo")(demo_cmd.demo_entry)
 app.command("params")(params_cmd.params_entry)
 app.command("info")(info_cmd.info_entry)
+app.command("predict")(predict_cmd.predict_entry)
+app.command("merge")(merge_cmd.merge_entry)
+app.command("export")(export_cmd.export_entry)
 app.command("train")(train_cmd.train_entry)
+app.command("evaluate")(evaluate_cmd.evaluate_entry)
+app.command("serve")(serve_cmd.serve_entry)
 
 
 @app.callback()

@@ -2,23 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import typer
 from rich.console import Console
 
-from ssam.config.train import load_train_config
+from ssam.cli.common import build_config
 from ssam.train import train
-
-
-def _quick_dataset(data: Path, label: str | None) -> list[str]:
-    """Overrides describing one dataset given by --data/--label (layout detected)."""
-    layout = "nnunet" if (data / "dataset.json").is_file() else "folder"
-    overrides = [f"datasets=[{{path: '{data.resolve()}', layout: {layout}}}]"]
-    if label is not None:
-        key = "label" if layout == "folder" else "labels"
-        overrides.append(f"datasets.0.{key}={label if layout == 'folder' else [label]}")
-    return overrides
 
 
 def train_entry(
@@ -35,27 +26,27 @@ def train_entry(
     set_: list[str] = typer.Option([], "--set", help="override any setting: key=value"),
 ) -> None:
     """Train S-SAM on your data; writes adapters, logs and a resumable state."""
-    overrides = list(set_)
-    if data is not None:
-        overrides = _quick_dataset(data, label) + overrides
-    cfg = load_train_config(
+    cfg = build_config(
         config,
-        overrides,
+        data,
+        label,
+        set_,
+        sam_checkpoint,
+        clip_checkpoint,
         output_dir=output_dir and str(output_dir),
         epochs=epochs,
         max_steps=max_steps,
         batch_size=batch_size,
-        **{
-            "model.sam_checkpoint": sam_checkpoint and str(sam_checkpoint),
-            "model.clip_checkpoint": clip_checkpoint and str(clip_checkpoint),
-        },
     )
     result = train(cfg, resume=resume)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
     console = Console()
     console.print(f"run folder: {result.run_dir}")
     console.print(f"last adapter: {result.last_adapter}")
     if result.best_adapter is not None:
         p = result.progress
         console.print(
-            f"best adapter: {result.best_adapter} (val Dice {p.best_score:.4f}, epoch {p.best_epoch + 1})"
+            f"best adapter: {result.best_adapter} "
+            f"(validation Dice {p.best_score:.4f}, epoch {p.best_epoch + 1})"
         )

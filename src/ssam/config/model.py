@@ -26,6 +26,7 @@ class ModelConfig(BaseModel):
     method: str = "ssam"
     svd_targets: tuple[str, ...] = DEFAULT_TARGETS
     svd_cache: bool = True
+    lora_rank: int = 4  # method "lora" only: rank of each low-rank change (SAMed: 4)
     allow_download: bool = True
 
     @field_validator("variant")
@@ -47,6 +48,13 @@ class ModelConfig(BaseModel):
     def _known_method(cls, value: str) -> str:
         if value not in METHODS:
             raise ValueError(f"unknown method {value!r}; known: {sorted(METHODS)}")
+        return value
+
+    @field_validator("lora_rank")
+    @classmethod
+    def _positive_rank(cls, value: int) -> int:
+        if value < 1:
+            raise ValueError(f"lora_rank must be at least 1, got {value}")
         return value
 
     @field_validator("image_size")

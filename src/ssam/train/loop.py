@@ -121,6 +121,15 @@ class _Run:
         torch.set_rng_state(state["torch_rng"])
 
     @property
+    def adapter_extra(self) -> dict:
+        """What prediction needs besides the base: the intensity mapping, when all datasets
+        share one (otherwise the predictor picks one per input by its dtype)."""
+        mappings = {d.intensity.model_dump_json() for d in self.config.datasets}
+        if len(mappings) != 1:
+            return {}
+        return {"intensity": self.config.datasets[0].intensity.model_dump(mode="json")}
+
+    @property
     def unwrapped(self) -> torch.nn.Module:
         return self.accelerator.unwrap_model(self.model)
 
@@ -139,7 +148,7 @@ class _Run:
     def save_adapter(self, name: str) -> Path:
         path = self.run_dir / name
         if self.main:
-            save_adapter(self.unwrapped, path, labels=self.data.vocabulary)
+            save_adapter(self.unwrapped, path, labels=self.data.vocabulary, **self.adapter_extra)
         return path
 
     def epoch_groups(self, epoch: int) -> list[list[list[int]]]:

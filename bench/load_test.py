@@ -1,0 +1,264 @@
+"""Load test of the HTTP API: N concurrent clients on loopback for a fixed time, then a report.
+
+    python bench/load_test.py                 # 8 clients, 60 s, in-process server, tiny model
+    python bench/load_test.py --quick         # 8 clients, 3 s: a smoke run
+    python bench/load_test.py --url http://127.0.0.1:8000 --labels liver,kidney   # a running server
+
+Without ``--url`` the script starts the app on a free loopback port with a tiny random model
+(``--variant vit_b``: ViT-B at 256 with random weights, CPU speed as the real one) or with
+``--adapter``/``--sam-checkpoint``, and stops it at the end. Each client posts the same image
+(Kvasir-SEG from ../shared/data when present, else a synthetic one) with one label at a time,
+cycling through the labels, and every ``--fresh-every``-th request a new random image, so both
+cached embeddings and encoder runs are measured. 429 answers are the server's deliberate
+back-pressure: the client waits as ``Retry-After`` asks (at most 0.2 s) and counts them apart;
+any other failure is an error, and the script exits 1 if there was one.
+
+Prints a table and writes JSON (``--out``, default ``bench/results/load_test-<time>.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from urllib.parse import urlparse
+
+import httpx
+import numpy as np
+from PIL import Image
+
+RESULTS = Path(__file__).resolve().parent / "results"
+SHARED_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--clients", type=int, default=8, help="concurrent clients")
+    p.add_argument("--duration", type=float, default=60.0, help="seconds of load")
+    p.add_argument("--quick", action="store_true", help="3 s of load (smoke run)")
+    p.add_argument("--url", default=None, help="a running server on loopback (else one is started)")
+    p.add_argument("--labels", default="polyp,lung", help="comma-separated labels to cycle")
+    p.add_argument("--fresh-every", type=int, default=4, help="every n-th request a new image")
+    p.add_argument("--variant", default="tiny", choices=["tiny", "vit_b"], help="random model")
+    p.add_argument("--adapter", type=Path, default=None, help="adapter file (instead of random)")
+    p.add_argument("--sam-checkpoint", type=Path, default=None)
+    p.add_argument("--clip-checkpoint", type=Path, default=None)
+    p.add_argument("--queue-size", type=int, default=4, help="in-process server's waiting places")
+    p.add_argument("--timeout", type=float, default=120.0, help="client timeout per request (s)")
+    p.add_argument("--out", type=Path, default=None, help="JSON file (default: bench/results/)")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.duration = min(args.duration, 3.0)
+    if args.clients < 1 or args.duration <= 0 or args.fresh_every < 0:
+        p.error("--clients >= 1, --duration > 0 and --fresh-every >= 0 are required")
+    return args
+
+
+def check_loopback(url: str) -> str:
+    """The URL without a trailing slash; ValueError unless its host is a loopback address."""
+    from ssam.web.server import is_loopback
+
+    host = urlparse(url).hostname or ""
+    if not is_loopback(host):
+        raise ValueError(f"load tests run on loopback only; {host!r} is not a loopback address")
+    return url.rstrip("/")
+
+
+def base_image() -> bytes:
+    """The image every client posts: a real Kvasir-SEG JPEG if the data folder is there."""
+    images = sorted((SHARED_DATA / "kvasir-seg" / "images").glob("*.jpg"))
+    if images:
+        return images[0].read_bytes()
+    return random_png(np.random.default_rng(0), (256, 256))
+
+
+def random_png(rng: np.random.Generator, shape: tuple[int, int] = (128, 160)) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (*shape, 3), dtype=np.uint8)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def build_predictor(args: argparse.Namespace, folder: Path):
+    """The model to serve: an adapter on its base, or random weights (speed only)."""
+    from ssam.config.model import ModelConfig
+    from ssam.factory import create_model
+    from ssam.predictor import SSAMPredictor
+    from ssam.sam.build import build_random_sam
+    from ssam.sam.checkpoint import save_state_dict
+    from ssam.sam.variants import get_sam_spec
+
+    if args.adapter is not None:
+        return SSAMPredictor.from_adapter(args.adapter, args.sam_checkpoint, args.clip_checkpoint)
+    size = 64 if args.variant == "tiny" else 256
+    sam = build_random_sam(get_sam_spec(args.variant), seed=0)
+    checkpoint = save_state_dict(sam.state_dict(), folder / f"sam_{args.variant}.pth")
+    config = ModelConfig(
+        variant=args.variant,
+        image_size=size,
+        sam_checkpoint=checkpoint,
+        text_encoder="tiny",
+        allow_download=False,
+        svd_cache=False,
+    )
+    return SSAMPredictor(create_model(config), args.labels.split(","))
+
+
+@dataclass
+class Tally:
+    """What the clients saw, shared between threads (append/Counter updates under a lock)."""
+
+    latencies: list[float] = field(default_factory=list)
+    statuses: Counter = field(default_factory=Counter)
+    errors: list[str] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def record(self, status: int | str, seconds: float, detail: str = "") -> None:
+        with self.lock:
+            self.statuses[str(status)] += 1
+            if status == 200:
+                self.latencies.append(seconds)
+            elif status != 429:
+                self.errors.append(f"{status}: {detail[:200]}")
+
+
+def run_client(
+    url: str, index: int, args: argparse.Namespace, image: bytes, stop: float, tally: Tally
+) -> None:
+    """One client: post until the deadline; back off on 429 as Retry-After asks (<= 0.2 s)."""
+    labels = args.labels.split(",")
+    rng = np.random.default_rng(1000 + index)
+    with httpx.Client(base_url=url, timeout=args.timeout) as http:
+        n = 0
+        while time.monotonic() < stop:
+            fresh = args.fresh_every and n % args.fresh_every == args.fresh_every - 1
+            data = random_png(rng) if fresh else image
+            form = {"labels": labels[(index + n) % len(labels)], "include_masks": "false"}
+            tic = time.perf_counter()
+            try:
+                response = http.post("/v1/segment", files={"file": ("x", data)}, data=form)
+            except httpx.HTTPError as err:
+                tally.record(type(err).__name__, time.perf_counter() - tic, str(err))
+                continue
+            tally.record(response.status_code, time.perf_counter() - tic, response.text)
+            if response.status_code == 429:
+                time.sleep(min(0.2, float(response.headers.get("retry-after", 1))))
+            else:
+                n += 1
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    return float(np.percentile(values, q)) if values else None
+
+
+def summarise(tally: Tally, elapsed: float, args: argparse.Namespace, health: dict) -> dict:
+    ok = len(tally.latencies)
+    total = sum(tally.statuses.values())
+    ms = [1000.0 * s for s in tally.latencies]
+    return {
+        "clients": args.clients,
+        "duration_s": round(elapsed, 3),
+        "requests": total,
+        "ok": ok,
+        "rejected_429": tally.statuses.get("429", 0),
+        "errors": len(tally.errors),
+        "statuses": dict(tally.statuses),
+        "ok_per_s": round(ok / elapsed, 3),
+        "requests_per_s": round(total / elapsed, 3),
+        "latency_ms": {
+            "p50": percentile(ms, 50),
+            "p95": percentile(ms, 95),
+            "p99": percentile(ms, 99),
+            "max": max(ms) if ms else None,
+            "mean": statistics.fmean(ms) if ms else None,
+        },
+        "server": health,
+        "error_samples": tally.errors[:10],
+    }
+
+
+def print_report(report: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    lat = report["latency_ms"]
+    fmt = lambda v: "-" if v is None else f"{v:,.1f}"  # noqa: E731
+    table = Table(title=f"load test: {report['clients']} clients, {report['duration_s']:.1f} s")
+    for column in ("requests", "ok/s", "req/s", "p50 ms", "p95 ms", "p99 ms", "429", "errors"):
+        table.add_column(column, justify="right")
+    table.add_row(
+        str(report["requests"]),
+        f"{report['ok_per_s']:.2f}",
+        f"{report['requests_per_s']:.2f}",
+        fmt(lat["p50"]),
+        fmt(lat["p95"]),
+        fmt(lat["p99"]),
+        str(report["rejected_429"]),
+        str(report["errors"]),
+    )
+    Console().print(table)
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Start a server unless ``--url``, run the clients, return the report."""
+    with ExitStack() as stack:
+        url, setup = args.url, {}
+        if url is None:
+            from ssam.web.app import create_app
+            from ssam.web.server import BackgroundServer
+            from ssam.web.settings import ServerSettings
+
+            folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ssam-load-")))
+            predictor = build_predictor(args, folder)
+            settings = ServerSettings(queue_size=args.queue_size, upload_dir=folder)
+            server = stack.enter_context(BackgroundServer(create_app(predictor, settings)))
+            url = server.url
+            setup = {
+                "model": str(args.adapter or f"random {args.variant}"),
+                **settings.model_dump(mode="json"),
+            }
+        url = check_loopback(url)
+        image, tally = base_image(), Tally()
+        start = time.monotonic()
+        stop = start + args.duration
+        threads = [
+            threading.Thread(target=run_client, args=(url, i, args, image, stop, tally))
+            for i in range(args.clients)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        elapsed = time.monotonic() - start
+        health = httpx.get(f"{url}/healthz", timeout=10).json()
+        report = summarise(tally, elapsed, args, health)
+    report["url"], report["setup"] = url, setup
+    report["labels"], report["fresh_every"] = args.labels.split(","), args.fresh_every
+    report["date"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    report = run(args)
+    print_report(report)
+    out = args.out or RESULTS / f"load_test-{datetime.now():%Y%m%d-%H%M%S}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    print(f"wrote {out}")
+    for sample in report["error_samples"]:
+        print(f"error: {sample}", file=sys.stderr)
+    return 1 if report["errors"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,145 @@
+"""Measuring tools for the benchmark suite: interleaved timing, medians, FLOPs, peak RSS, and
+running one measurement in a fresh process.
+
+Timings on a small shared machine drift with other load. Compared configurations therefore run
+interleaved (A B C, B C A, C A B, ...: each round rotates the order, so no configuration always
+follows the same neighbour) and are summarised by their median, so that a ratio of two medians
+compares runs made under the same conditions.
+"""
+
+from __future__ import annotations
+
+import gc
+import multiprocessing as mp
+import os
+import resource
+import statistics
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+# Modules every fresh measurement process needs; the fork server imports them once.
+CHILD_PRELOAD = ("torch", "ssam.factory", "ssam.svd", "ssam.text", "open_clip")
+
+
+def time_call(fn: Callable[[], Any]) -> float:
+    """Wall seconds of one call of ``fn``."""
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def time_interleaved(
+    workloads: Mapping[str, Callable[[], Any]], rounds: int, warmup: int = 1
+) -> dict[str, list[float]]:
+    """Seconds per call of each workload over ``rounds`` rounds, after ``warmup`` untimed ones.
+
+    Round k runs the workloads in the order rotated by k (A B C, B C A, ...), so slow phases of
+    the machine hit every workload alike. The cyclic garbage collector is off while timing (as
+    in ``timeit``): a model step frees its tensors by reference counting.
+    """
+    names = list(workloads)
+    for _ in range(warmup):
+        for name in names:
+            workloads[name]()
+    times: dict[str, list[float]] = {name: [] for name in names}
+    gc.collect()
+    gc.disable()
+    try:
+        for k in range(rounds):
+            order = names[k % len(names) :] + names[: k % len(names)]
+            for name in order:
+                times[name].append(time_call(workloads[name]))
+    finally:
+        gc.enable()
+    return times
+
+
+def summarise(samples: Sequence[float]) -> dict[str, float | int]:
+    """Median, min, max and count of timing samples (seconds)."""
+    return {
+        "median_s": statistics.median(samples),
+        "min_s": min(samples),
+        "max_s": max(samples),
+        "n": len(samples),
+    }
+
+
+def count_flops(fn: Callable[[], Any]) -> int:
+    """Floating-point operations of one call of ``fn`` (a multiply-add counts 2), as counted
+    by ``torch.utils.flop_counter`` (matmuls, convolutions, attention)."""
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+def measure_matmul_gflops(m: int, k: int, n: int, rounds: int) -> list[float]:
+    """GFLOP/s of (m x k) @ (k x n) in float32, one value per round (each of several calls)."""
+    a, b = torch.randn(m, k), torch.randn(k, n)
+    calls = max(1, int(2e9 // (2 * m * k * n)))  # about 2 GFLOP per sample
+    torch.mm(a, b)
+    rates = []
+    for _ in range(rounds):
+        seconds = time_call(lambda: [torch.mm(a, b) for _ in range(calls)])
+        rates.append(2 * m * k * n * calls / seconds / 1e9)
+    return rates
+
+
+def peak_rss_mib() -> float:
+    """Peak resident set size of this process so far, MiB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def current_rss_mib() -> float:
+    """Resident set size now, MiB (from /proc, Linux)."""
+    with open("/proc/self/statm") as f:
+        pages = int(f.read().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+class IsolatedRunner:
+    """Runs functions each in a fresh process forked from a clean fork server.
+
+    The server imports ``CHILD_PRELOAD`` once and never runs a model or starts a thread pool;
+    every task gets a new process forked from it (``max_tasks_per_child=1``), so peak RSS values
+    of different tasks never mix, and each starts from the same baseline: the interpreter with
+    torch, ssam and open_clip imported (``baseline_rss_mib`` in every result).
+    """
+
+    def __init__(self, preload: Sequence[str] = ()) -> None:
+        ctx = mp.get_context("forkserver")
+        ctx.set_forkserver_preload([*CHILD_PRELOAD, *preload])
+        self._pool = ProcessPoolExecutor(1, mp_context=ctx, max_tasks_per_child=1)
+
+    def run(self, fn: Callable[..., dict], *args: Any) -> dict:
+        return self._pool.submit(fn, *args).result()
+
+    def close(self) -> None:
+        self._pool.shutdown()
+
+    def __enter__(self) -> IsolatedRunner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def describe_machine(threads: int) -> dict[str, Any]:
+    """What the numbers were measured on."""
+    cpu = "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {
+        "cpu": cpu,
+        "logical_cpus": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": threads,
+        "load_average": os.getloadavg(),
+    }

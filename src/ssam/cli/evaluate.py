@@ -1,0 +1,33 @@
+"""``ssam evaluate``: Dice, IoU and HD95 per case and label of a trained adapter on a split."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from ssam.cli.common import build_config
+from ssam.evaluate import evaluate
+from ssam.metrics import EMPTY_GT_POLICY
+
+
+def evaluate_entry(
+    config: Path | None = typer.Argument(None, help="the training config (datasets and split)"),
+    adapter: Path = typer.Option(..., help="adapter file (e.g. RUN/best.safetensors)"),
+    split: str = typer.Option("val", help="train, val or test"),
+    data: Path | None = typer.Option(None, help="one dataset folder, instead of a config"),
+    label: str | None = typer.Option(None, help="label name for --data"),
+    output_dir: Path | None = typer.Option(None, help="where metrics.csv and summary.json go"),
+    sam_checkpoint: Path | None = typer.Option(None, help="SAM base checkpoint"),
+    clip_checkpoint: Path | None = typer.Option(None, help="CLIP weights"),
+    batch_size: int = typer.Option(8, help="slices per encoder call"),
+    set_: list[str] = typer.Option([], "--set", help="override any setting: key=value"),
+) -> None:
+    """Score an adapter at the original resolution (volumes as volumes, HD95 in mm)."""
+    if split not in ("train", "val", "test"):
+        raise typer.BadParameter(f"split must be train, val or test, not {split!r}")
+    cfg = build_config(config, data, label, set_, sam_checkpoint, clip_checkpoint)
+    result = evaluate(cfg, adapter, split, output_dir, batch_size)  # type: ignore[arg-type]
+    typer.echo(result.table.render())
+    typer.echo(f"empty ground truth: {EMPTY_GT_POLICY}")
+    typer.echo(f"{result.n_cases} cases; metrics in {result.output_dir}")

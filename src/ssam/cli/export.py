@@ -1,0 +1,71 @@
+"""``ssam export --onnx``: image encoder and label-prompted mask decoder as ONNX, checked."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import typer
+from rich.console import Console
+
+from ssam.cli.predict import load_predictor, parse_labels
+from ssam.config.data import IntensityConfig
+from ssam.data.io import read_image
+from ssam.data.transforms import scale_intensity
+from ssam.errors import ConfigError
+from ssam.export import check_onnx, export_onnx
+
+TOLERANCE = 1e-3
+
+
+def load_check_image(path: Path | None, size: int) -> tuple[np.ndarray, str]:
+    """(C, H, W) in 0-255 from ``path`` (a 2D file), or a seeded random image."""
+    if path is None:
+        rng = np.random.default_rng(0)
+        return rng.uniform(0, 255, (3, size, size)).astype(np.float32), "a random image"
+    image, properties = read_image(path)
+    if not properties.is_2d:
+        raise ConfigError(f"{path}: --check-image must be a 2D image")
+    preset = "rgb" if image.dtype == np.uint8 else "minmax"
+    return scale_intensity(image[..., 0], IntensityConfig(preset=preset)), str(path)
+
+
+def export_entry(
+    output: Path = typer.Option(..., "--output", "-o", help="folder for the ONNX files"),
+    onnx: bool = typer.Option(False, "--onnx", help="export to ONNX (the supported format)"),
+    adapter: Path | None = typer.Option(None, help="adapter file (.safetensors)"),
+    merged: Path | None = typer.Option(None, help="merged checkpoint (.pth)"),
+    sam_checkpoint: Path | None = typer.Option(None, help="base SAM checkpoint of the adapter"),
+    clip_checkpoint: Path | None = typer.Option(None, help="CLIP weights file"),
+    label: list[str] | None = typer.Option(
+        None, "--label", "-l", help="labels to export (default: the trained labels)"
+    ),
+    tokens_as_input: bool = typer.Option(
+        False, help="label tokens as a decoder input (saved as label_tokens.npy)"
+    ),
+    check_image: Path | None = typer.Option(
+        None, help="2D image for the onnxruntime check (default: a random image)"
+    ),
+    check: bool = typer.Option(True, help="compare onnxruntime with PyTorch"),
+    offline: bool = typer.Option(False, help="never download weights"),
+) -> None:
+    """Export the image encoder and mask decoder (adapter merged) and check them against
+    PyTorch in onnxruntime; exits with status 1 if logits differ by 1e-3 or more."""
+    if not onnx:
+        raise ConfigError("choose an export format: --onnx")
+    predictor = load_predictor(adapter, merged, sam_checkpoint, clip_checkpoint, "cpu", not offline)
+    labels = predictor.resolve_labels(parse_labels(label))
+    files = export_onnx(predictor.model, output, labels, tokens_as_input)
+    console = Console()
+    console.print(f"wrote {files.encoder}, {files.decoder}, {files.config}")
+    if not check:
+        return
+    image, source = load_check_image(check_image, predictor.image_size)
+    diffs = check_onnx(files, predictor.model, image)
+    console.print(
+        f"onnxruntime vs PyTorch on {source}: embeddings {diffs['embeddings']:.2e}, "
+        f"logits {diffs['logits']:.2e} (max |logit| {diffs['logits_range']:.2f})"
+    )
+    if diffs["logits"] >= TOLERANCE:
+        console.print(f"[bold red]logits differ by {diffs['logits']:.2e} >= {TOLERANCE}[/]")
+        raise typer.Exit(code=1)

@@ -1,0 +1,26 @@
+"""``ssam merge``: fold an adapter into its base and save an official-layout checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from ssam.merge import merge_adapter
+
+
+def merge_entry(
+    adapter: Path = typer.Option(..., help="adapter file (.safetensors)"),
+    output: Path = typer.Option(..., "--output", "-o", help="merged checkpoint to write (.pth)"),
+    sam_checkpoint: Path | None = typer.Option(None, help="base SAM checkpoint of the adapter"),
+    clip_checkpoint: Path | None = typer.Option(None, help="CLIP weights file"),
+    offline: bool = typer.Option(False, help="never download weights"),
+) -> None:
+    """Write OUTPUT (SAM's own key layout, loadable by segment_anything at input size 1024)
+    and OUTPUT's companion NAME.ssam.safetensors (text-affine layer, trained labels' CLIP
+    features, config with the input size)."""
+    files = merge_adapter(adapter, output, sam_checkpoint, clip_checkpoint, not offline)
+    console = Console()
+    console.print(f"merged checkpoint: {files.checkpoint}")
+    console.print(f"companion:         {files.companion}")

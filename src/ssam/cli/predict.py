@@ -1,0 +1,140 @@
+"""``ssam predict``: segment image files, folders and volumes by label name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ssam.config.data import IntensityConfig
+from ssam.errors import ConfigError
+from ssam.predict_files import CaseOutcome, PredictOptions, predict_cases
+from ssam.prediction_inputs import discover_cases
+from ssam.predictor import SSAMPredictor
+
+
+def parse_labels(values: list[str] | None) -> tuple[str, ...] | None:
+    """``--label a --label "b,c"`` -> ("a", "b", "c"); None when the option was not given."""
+    if values is None:
+        return None
+    names = tuple(part.strip() for value in values for part in value.split(",") if part.strip())
+    if not names:
+        raise ConfigError("the label list is empty: name at least one label with --label")
+    return names
+
+
+def build_intensity(
+    preset: str, level: float | None, width: float | None
+) -> IntensityConfig | None:
+    """``auto`` -> None (chosen per input); else the preset, with a CT window if given."""
+    if preset == "auto":
+        if level is not None or width is not None:
+            raise ConfigError("--window-level/--window-width need --intensity ct")
+        return None
+    return IntensityConfig(preset=preset, window_level=level, window_width=width)
+
+
+def load_predictor(
+    adapter: Path | None,
+    merged: Path | None,
+    sam_checkpoint: Path | None,
+    clip_checkpoint: Path | None,
+    device: str,
+    allow_download: bool,
+    **kwargs,
+) -> SSAMPredictor:
+    """A predictor from an adapter (plus base files) or from a merged checkpoint."""
+    if (adapter is None) == (merged is None):
+        raise ConfigError("give exactly one of --adapter and --merged")
+    if merged is not None:
+        return SSAMPredictor.from_merged(merged, None, clip_checkpoint, device, **kwargs)
+    return SSAMPredictor.from_adapter(
+        adapter, sam_checkpoint, clip_checkpoint, device, allow_download, **kwargs
+    )
+
+
+def print_summary(outcomes: list[CaseOutcome], console: Console) -> None:
+    """A table of cases, then each failure on one unwrapped line: ``FAILED id (path): why``."""
+    table = Table(title="ssam predict")
+    table.add_column("case")
+    table.add_column("status")
+    table.add_column("label map / note", overflow="fold")
+    styles = {"done": "green", "skipped": "yellow", "failed": "bold red"}
+    for item in outcomes:
+        detail = "see below" if item.status == "failed" else item.reason
+        if item.outputs and item.status == "done":
+            detail = item.outputs[0].name
+        table.add_row(item.case_id, f"[{styles[item.status]}]{item.status}[/]", detail)
+    console.print(table)
+    for item in outcomes:
+        if item.status == "failed":
+            line = f"FAILED {item.case_id} ({item.source}): {item.reason}"
+            console.print(line, soft_wrap=True, markup=False, highlight=False)
+    counts = {s: sum(o.status == s for o in outcomes) for s in ("done", "skipped", "failed")}
+    console.print(f"{counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed")
+
+
+def predict_entry(
+    inputs: list[str] = typer.Argument(
+        ...,
+        help="image files (PNG, JPEG, TIFF, BMP, DICOM, NIfTI), folders, DICOM series "
+        "folders or glob patterns",
+    ),
+    output: Path = typer.Option(..., "--output", "-o", help="output folder"),
+    adapter: Path | None = typer.Option(None, help="adapter file (.safetensors)"),
+    merged: Path | None = typer.Option(
+        None, help="merged checkpoint (.pth; its .ssam.safetensors companion beside it)"
+    ),
+    sam_checkpoint: Path | None = typer.Option(None, help="base SAM checkpoint of the adapter"),
+    clip_checkpoint: Path | None = typer.Option(None, help="CLIP weights file"),
+    label: list[str] | None = typer.Option(
+        None,
+        "--label",
+        "-l",
+        help="label name (repeat, or comma-separate); default: the labels the model was trained on",
+    ),
+    batch_size: int = typer.Option(8, help="slices per image-encoder call"),
+    axis: int = typer.Option(-1, help="volume axis to slice along (-1: the last)"),
+    intensity: str = typer.Option("auto", help="auto, rgb, minmax, ct or mri"),
+    window_level: float | None = typer.Option(None, help="CT window level (--intensity ct)"),
+    window_width: float | None = typer.Option(None, help="CT window width (--intensity ct)"),
+    save_probabilities: bool = typer.Option(False, help="also write per-label probabilities"),
+    overlay: bool = typer.Option(True, help="write an overlay PNG per case"),
+    overlay_slices: int = typer.Option(4, help="slices shown in a volume's overlay"),
+    overwrite: bool = typer.Option(False, help="redo cases whose outputs exist"),
+    device: str = typer.Option("cpu", help="torch device"),
+    offline: bool = typer.Option(False, help="never download weights"),
+    progress: bool = typer.Option(True, help="show progress bars"),
+) -> None:
+    """Segment each case by label name; write label maps, overlays and sizes (JSON).
+
+    Exits with status 1 when any case failed (the summary names each with its reason).
+    """
+    labels = parse_labels(label)
+    predictor = load_predictor(
+        adapter,
+        merged,
+        sam_checkpoint,
+        clip_checkpoint,
+        device,
+        not offline,
+        intensity=build_intensity(intensity, window_level, window_width),
+        batch_size=batch_size,
+    )
+    cases, problems = discover_cases(inputs)
+    options = PredictOptions(
+        output_dir=output,
+        labels=labels,
+        axis=axis,
+        save_probabilities=save_probabilities,
+        overlay=overlay,
+        overlay_slices=overlay_slices,
+        overwrite=overwrite,
+    )
+    outcomes = [CaseOutcome(Path(p).name, p, "failed", reason) for p, reason in problems]
+    outcomes += predict_cases(predictor, cases, options, show_progress=progress)
+    print_summary(outcomes, Console())
+    if any(o.status == "failed" for o in outcomes):
+        raise typer.Exit(code=1)

@@ -1,0 +1,91 @@
+"""``ssam serve``: the web app and HTTP API for one model, loaded once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from ssam.adapter import read_adapter
+from ssam.cli.predict import build_intensity, load_predictor
+from ssam.errors import ConfigError
+from ssam.web.settings import MIB, ServerSettings
+
+
+def model_info(adapter: Path | None, merged: Path | None) -> dict:
+    """What ``GET /v1/labels`` tells about the model: file name and training settings."""
+    if adapter is None:
+        return {"merged": merged.name if merged is not None else None}
+    _, config = read_adapter(adapter)
+    keys = ("variant", "image_size", "method", "text_encoder")
+    return {"adapter": adapter.name, **{key: config.get(key) for key in keys}}
+
+
+def warn_if_exposed(host: str, console: Console) -> None:
+    """A warning when the server will listen beyond this machine."""
+    from ssam.web.server import is_loopback
+
+    if not is_loopback(host):
+        console.print(
+            f"[yellow]warning:[/] binding {host}: anyone who can reach this address can upload "
+            "images; the server has no authentication (put it behind a proxy that has)"
+        )
+
+
+def serve_entry(
+    adapter: Path | None = typer.Option(None, help="adapter file (.safetensors)"),
+    merged: Path | None = typer.Option(None, help="merged checkpoint (.pth) instead"),
+    sam_checkpoint: Path | None = typer.Option(None, help="base SAM checkpoint of the adapter"),
+    clip_checkpoint: Path | None = typer.Option(None, help="CLIP weights file"),
+    host: str = typer.Option("127.0.0.1", help="address to bind (default: this machine only)"),
+    port: int = typer.Option(8000, min=1, max=65535, help="TCP port"),
+    device: str = typer.Option("cpu", help="torch device"),
+    intensity: str = typer.Option("auto", help="auto, rgb, minmax, ct or mri"),
+    batch_size: int = typer.Option(4, min=1, help="slices per image-encoder call"),
+    max_upload_mb: float = typer.Option(256.0, min=0.001, help="largest upload (MiB)"),
+    max_pixels: int = typer.Option(40_000_000, min=1, help="largest 2D image (pixels)"),
+    max_voxels: int = typer.Option(64_000_000, min=1, help="largest volume (voxels)"),
+    max_slices: int = typer.Option(512, min=1, help="most slices of a volume"),
+    max_labels: int = typer.Option(16, min=1, max=255, help="most labels per request"),
+    workers: int = typer.Option(1, min=1, max=16, help="jobs running at once"),
+    queue_size: int = typer.Option(4, min=0, help="jobs waiting; one more gets 429"),
+    timeout: float = typer.Option(300.0, min=0.1, help="seconds before /v1/segment gives 504"),
+    cache_mb: float = typer.Option(512.0, min=0, help="image-embedding cache budget (MiB)"),
+    keep_results: int = typer.Option(4, min=1, help="finished page jobs kept for downloads"),
+    offline: bool = typer.Option(False, help="never download weights"),
+    log_level: str = typer.Option("info", help="uvicorn log level"),
+) -> None:
+    """Serve the web page and HTTP API: segment uploads by label name in a browser."""
+    from ssam.web.app import create_app
+    from ssam.web.server import build_server
+
+    settings = ServerSettings(
+        max_upload_bytes=int(max_upload_mb * MIB),
+        max_pixels=max_pixels,
+        max_voxels=max_voxels,
+        max_slices=max_slices,
+        max_labels=max_labels,
+        workers=workers,
+        queue_size=queue_size,
+        request_timeout_s=timeout,
+        cache_bytes=int(cache_mb * MIB),
+        keep_results=keep_results,
+    )
+    console = Console(stderr=True)
+    warn_if_exposed(host, console)
+    if adapter is None and merged is None:
+        raise ConfigError("give --adapter (with --sam-checkpoint) or --merged")
+    predictor = load_predictor(
+        adapter,
+        merged,
+        sam_checkpoint,
+        clip_checkpoint,
+        device,
+        not offline,
+        intensity=build_intensity(intensity, None, None),
+        batch_size=batch_size,
+    )
+    app = create_app(predictor, settings, model_info(adapter, merged))
+    console.print(f"S-SAM on http://{host}:{port}  (labels: {', '.join(predictor.trained_labels)})")
+    build_server(app, host, port, log_level).run()

@@ -1,0 +1,70 @@
+"""Pictures of a demo run: the learning curves and image | truth | prediction panels."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no screen
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from ssam.overlay import add_legend, blend_overlay, save_png, tile_images, to_rgb  # noqa: E402
+
+
+def _smooth(values: Sequence[float], width: int = 10) -> np.ndarray:
+    values = np.asarray(values, dtype=np.float64)
+    if len(values) < width:
+        return values
+    kernel = np.ones(width) / width
+    return np.convolve(values, kernel, mode="valid")
+
+
+def plot_learning_curves(
+    foundation: list[dict], steps: list[dict], epochs: list[dict], path: Path
+) -> Path:
+    """Stage-1 loss, stage-2 loss and validation Dice per epoch, side by side (PNG)."""
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6), dpi=110)
+    if foundation:
+        x = [r["step"] for r in foundation]
+        axes[0].plot(x, [r["loss"] for r in foundation], alpha=0.3, color="tab:gray")
+        smooth = _smooth([r["loss"] for r in foundation])
+        axes[0].plot(x[len(x) - len(smooth) :], smooth, color="tab:gray")
+    axes[0].set(
+        title="stage 1: foundation (box prompts)", xlabel="step", ylabel="focal + Dice loss"
+    )
+    x = [r["step"] for r in steps]
+    axes[1].plot(x, [r["loss"] for r in steps], alpha=0.3, color="tab:blue")
+    smooth = _smooth([r["loss"] for r in steps])
+    axes[1].plot(x[len(x) - len(smooth) :], smooth, color="tab:blue")
+    axes[1].set(title="stage 2: S-SAM by label name", xlabel="step", ylabel="focal + Dice loss")
+    validated = [r for r in epochs if r.get("val_dice") is not None]
+    axes[2].plot([r["epoch"] + 1 for r in validated], [r["val_dice"] for r in validated], "o-")
+    axes[2].set(title="stage 2: validation Dice", xlabel="epoch", ylabel="Dice", ylim=(0, 1))
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def render_panels(
+    cases: Sequence[tuple[str, np.ndarray, np.ndarray, np.ndarray]],
+    labels: Sequence[str],
+    path: Path,
+) -> Path:
+    """Rows of image | ground truth | prediction for (case id, image, truth, prediction)
+    where images are (H, W) or (C, H, W) in 0-255 and label maps use values 1..L."""
+    tiles = []
+    for _, image, truth, prediction in cases:
+        tiles += [
+            to_rgb(image),
+            blend_overlay(image, truth, len(labels)),
+            blend_overlay(image, prediction, len(labels)),
+        ]
+    grid = tile_images(tiles, columns=3)
+    notes = "columns: image | ground truth | S-SAM prediction (by label name)"
+    return save_png(add_legend(grid, labels, notes), path)

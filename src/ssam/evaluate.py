@@ -1,0 +1,114 @@
+"""Score a trained adapter on a dataset split (DESIGN.md 7).
+
+Per case and label: Dice, IoU and HD95 (MONAI) at the original resolution, from the label map
+the predictor writes (per pixel the most probable label at >= 0.5). Volumes are scored as
+volumes with HD95 in mm from the voxel spacing; 2D images in pixels. How empty ground truths
+count is ``ssam.metrics.EMPTY_GT_POLICY``, written into ``summary.json``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from ssam.config.train import TrainConfig
+from ssam.data.cases import Case, read_case_image, read_case_labels
+from ssam.data.io import read_header
+from ssam.data.layouts import load_cases
+from ssam.data.splits import split_dataset
+from ssam.errors import DataError
+from ssam.metrics import compute_case_metrics
+from ssam.predictor import SSAMPredictor
+from ssam.report import MetricsTable
+
+Split = Literal["train", "val", "test"]
+
+
+@dataclass
+class EvaluationResult:
+    table: MetricsTable
+    output_dir: Path
+    n_cases: int
+
+
+def select_split_cases(config: TrainConfig, split: Split) -> dict[str, list[Case]]:
+    """The cases of ``split`` for every dataset, split exactly as training split them."""
+    selected = {}
+    for dataset in config.datasets:
+        cases = load_cases(dataset)
+        test = load_cases(dataset, "test") if split == "test" else []
+        parts = split_dataset(cases, dataset.split, dataset.path, test)
+        selected[dataset.dataset_name] = list(getattr(parts, split))
+    if not any(selected.values()):
+        raise DataError(f"no dataset has cases in the {split!r} split")
+    return selected
+
+
+def score_case(predictor: SSAMPredictor, case: Case, slice_axis: int) -> dict[str, dict]:
+    """Metrics per label of one case: predicted label map vs. the case's label map."""
+    image, properties = read_case_image(case)
+    target, _ = read_case_labels(case)
+    names = list(case.labels)
+    segmentation = predictor.segment_array(image, properties, names, axis=slice_axis)
+    predicted = segmentation.label_map
+    if properties.is_2d:
+        target, spacing = target[..., 0], None  # 2D: HD95 in pixels
+    else:
+        spacing = tuple(float(s) for s in properties.spacing)
+    if predicted.shape != target.shape:
+        raise DataError(
+            f"{case.label_path}: label map {target.shape} and prediction {predicted.shape} differ"
+        )
+    return {
+        name: compute_case_metrics(predicted == k, target == case.labels[name], spacing)
+        for k, name in enumerate(names, start=1)
+    }
+
+
+def evaluate(
+    config: TrainConfig,
+    adapter: str | Path,
+    split: Split = "val",
+    output_dir: str | Path | None = None,
+    batch_size: int = 8,
+    on_case: Callable[[str], None] | None = None,
+) -> EvaluationResult:
+    """Evaluate ``adapter`` on ``split`` of the datasets in ``config``; writes
+    ``metrics.csv`` and ``summary.json`` into ``output_dir`` (default: beside the adapter)."""
+    adapter = Path(adapter)
+    output_dir = Path(output_dir or adapter.parent / f"eval-{split}")
+    cases = select_split_cases(config, split)
+    predictor = SSAMPredictor.from_adapter(
+        adapter,
+        config.model.sam_checkpoint,
+        config.model.clip_checkpoint,
+        allow_download=config.model.allow_download,
+        batch_size=batch_size,
+    )
+    table = MetricsTable(hd95_unit=_hd95_unit([c for v in cases.values() for c in v]))
+    by_name = {d.dataset_name: d for d in config.datasets}
+    for name, dataset_cases in cases.items():
+        predictor.intensity = by_name[name].intensity
+        for case in dataset_cases:
+            for label, metrics in score_case(predictor, case, by_name[name].slice_axis).items():
+                table.add(case.case_id, label, metrics, dataset=name)
+            if on_case is not None:
+                on_case(case.case_id)
+    table.write(output_dir)
+    return EvaluationResult(table, output_dir, sum(len(v) for v in cases.values()))
+
+
+def _hd95_unit(cases: list[Case]) -> str:
+    volumes = {not read_header(c.label_path).is_2d for c in cases}
+    if volumes == {True}:
+        return "mm"
+    return "px" if volumes == {False} else "mm for volumes, px for 2D images"
+
+
+def mean_dice(table: MetricsTable) -> float:
+    """Mean Dice over all (case, label) rows."""
+    return float(np.mean([row.dice for row in table.rows]))

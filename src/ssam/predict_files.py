@@ -1,0 +1,250 @@
+"""Predict cases from disk and write their outputs (the library behind ``ssam predict``).
+
+Per case ``ID`` (the file name without its suffix, or the DICOM series folder's name), in
+the output folder:
+
+* ``ID.png`` (2D) or ``ID.nii.gz`` (volumes, with the source's affine, header and shape):
+  the label map, values 1..L in the order of the labels, 0 background;
+* ``ID_overlay.png``: the image with the label map on top (volumes: the slices with most
+  foreground, tiled) and a legend;
+* ``ID_prob_LABEL.png`` (probability x 255, 8-bit) or ``ID_prob_LABEL.nii.gz`` (float32),
+  with ``save_probabilities``;
+* ``ID.json``, written last: each label's pixel count and area in mm^2 (2D), or voxel count
+  and volume in mL (volumes); area/volume are null where the source states no spacing.
+
+A case whose outputs all exist is skipped unless ``overwrite``. A case that fails (unreadable
+or unsupported input, bad geometry) is recorded with its reason and the others go on.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Literal
+
+import nibabel as nib
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from ssam.data.io import NIFTI_SUFFIXES, file_suffix, read_image, write_label_map
+from ssam.data.properties import ImageProperties
+from ssam.data.transforms import compute_intensity_range, scale_intensity
+from ssam.errors import SSAMError
+from ssam.overlay import add_legend, blend_overlay, render_volume_overlay, save_png
+from ssam.prediction_inputs import InputCase
+from ssam.predictor import Segmentation, SSAMPredictor
+from ssam.weights import write_bytes_atomic
+
+# Per-case failures that are the input's fault (or its size); anything else is a bug and stops.
+CASE_ERRORS = (SSAMError, ValueError, OSError, RuntimeError, MemoryError)
+
+
+@dataclass(frozen=True)
+class PredictOptions:
+    """What ``predict_cases`` writes, and how it slices volumes."""
+
+    output_dir: Path
+    labels: tuple[str, ...] | None = None
+    axis: int = -1
+    save_probabilities: bool = False
+    overlay: bool = True
+    overlay_slices: int = 4
+    overwrite: bool = False
+
+
+@dataclass(frozen=True)
+class CaseOutcome:
+    """One case's result: ``done``, ``skipped`` (outputs existed) or ``failed`` (reason)."""
+
+    case_id: str
+    source: str
+    status: Literal["done", "skipped", "failed"]
+    reason: str = ""
+    outputs: tuple[Path, ...] = field(default=())
+
+
+def safe_name(label: str) -> str:
+    """A label name usable in a file name: runs of other characters become ``_``."""
+    return re.sub(r"[^A-Za-z0-9.-]+", "_", label).strip("_") or "label"
+
+
+def writes_nifti(path: Path) -> bool:
+    """NIfTI files and DICOM series folders get NIfTI outputs (their geometry kept); 2D
+    formats (PNG, JPEG, TIFF, BMP, single DICOM files) get PNG."""
+    return path.is_dir() or file_suffix(path) in NIFTI_SUFFIXES
+
+
+def planned_outputs(case: InputCase, labels: Sequence[str], options: PredictOptions) -> list[Path]:
+    """Every file the case will write, the JSON (written last) at the end."""
+    out, stem = options.output_dir, case.case_id
+    suffix = ".nii.gz" if writes_nifti(case.path) else ".png"
+    paths = [out / f"{stem}{suffix}"]
+    if options.save_probabilities:
+        paths += [out / f"{stem}_prob_{safe_name(n)}{suffix}" for n in labels]
+    if options.overlay:
+        paths.append(out / f"{stem}_overlay.png")
+    return [*paths, out / f"{stem}.json"]
+
+
+def write_probability_volume(
+    probabilities: np.ndarray, properties: ImageProperties, path: Path
+) -> None:
+    """(I, J, K) float32 probabilities as NIfTI with the source's affine (and header)."""
+    source = properties.header
+    header = source.copy() if isinstance(source, nib.Nifti1Header) else nib.Nifti1Header()
+    image_type = nib.Nifti2Image if isinstance(source, nib.Nifti2Header) else nib.Nifti1Image
+    header.set_data_dtype(np.float32)
+    header.set_slope_inter(None, None)
+    header["cal_min"], header["cal_max"] = 0.0, 1.0
+    image = image_type(probabilities.astype(np.float32), properties.affine, header=header)
+    if not isinstance(source, nib.Nifti1Header):
+        image.set_qform(properties.affine, code=1)
+        image.set_sform(properties.affine, code=1)
+    nib.save(image, path)
+
+
+def render_case_overlay(
+    predictor: SSAMPredictor, image: np.ndarray, result: Segmentation, count: int
+) -> tuple[np.ndarray, list[int]]:
+    """Overlay picture of a case (display intensities as the model saw them)."""
+    intensity = predictor.intensity_for(image, result.properties)
+    display = scale_intensity(image, intensity, compute_intensity_range(image, intensity))
+    n_labels = len(result.labels)
+    if not result.is_volume:
+        picture = blend_overlay(display[..., 0], result.label_map, n_labels)
+        return add_legend(picture, result.labels), []
+    nifti = file_suffix(result.properties.path) in NIFTI_SUFFIXES
+    picture, shown = render_volume_overlay(
+        display, result.label_map, n_labels, result.slice_axis, count, rotate=nifti
+    )
+    note = f"slices {shown} along axis {result.slice_axis}"
+    return add_legend(picture, result.labels, note), shown
+
+
+def build_case_report(case: InputCase, result: Segmentation, shown: list[int]) -> dict:
+    """The JSON summary of one case: geometry, units, and each label's size."""
+    props = result.properties
+    if result.is_volume:
+        unit = "mL" if result.spacing_known else "voxels"
+    else:
+        unit = "mm2" if result.spacing_known else "pixels"
+    report = {
+        "case": case.case_id,
+        "source": str(case.path),
+        "kind": "3d" if result.is_volume else "2d",
+        "shape": list(result.label_map.shape),
+        "spacing_mm": list(props.spacing) if result.spacing_known else None,
+        "unit": unit,
+        "labels": result.label_sizes(),
+    }
+    if result.is_volume:
+        report["slice_axis"] = result.slice_axis
+        report["overlay_slices"] = shown
+    return report
+
+
+def write_case_outputs(
+    predictor: SSAMPredictor,
+    case: InputCase,
+    image: np.ndarray,
+    result: Segmentation,
+    options: PredictOptions,
+) -> list[Path]:
+    """Write the planned outputs of a predicted case; the JSON goes last."""
+    paths = planned_outputs(case, result.labels, options)
+    write_label_map(result.label_map, result.properties, paths[0])
+    index = 1
+    if options.save_probabilities:
+        for k in range(len(result.labels)):
+            target, probs = paths[index], result.probabilities[k]
+            if file_suffix(target) in NIFTI_SUFFIXES:  # volumes, and 2D NIfTI files
+                shape = result.properties.shape
+                write_probability_volume(probs.reshape(shape), result.properties, target)
+            else:
+                Image.fromarray(np.rint(probs * 255).astype(np.uint8)).save(target)
+            index += 1
+    shown: list[int] = []
+    if options.overlay:
+        picture, shown = render_case_overlay(predictor, image, result, options.overlay_slices)
+        save_png(picture, paths[index])
+    report = build_case_report(case, result, shown)
+    write_bytes_atomic(paths[-1], json.dumps(report, indent=2).encode())
+    return paths
+
+
+def predict_case(
+    predictor: SSAMPredictor,
+    case: InputCase,
+    options: PredictOptions,
+    progress: Callable[[int], None] | None = None,
+    on_slices: Callable[[int], None] | None = None,
+) -> list[Path]:
+    """Read, segment and write one case; returns the files written.
+
+    ``on_slices`` is told the case's slice count before prediction starts, ``progress``
+    the slices done after each batch.
+    """
+    image, properties = read_image(case.path)
+    axis = 2 if properties.is_2d else options.axis
+    if on_slices is not None:
+        on_slices(image.shape[1 + (axis % 3)])
+    result = predictor.segment_array(
+        image, properties, options.labels, axis=axis, progress=progress
+    )
+    return write_case_outputs(predictor, case, image, result, options)
+
+
+def _run_case(
+    predictor: SSAMPredictor, case: InputCase, options: PredictOptions, show: bool
+) -> CaseOutcome:
+    bars: list[tqdm] = []  # a slice bar for volumes only
+
+    def start(n_slices: int) -> None:
+        if show and n_slices > 1:
+            bars.append(tqdm(total=n_slices, desc=case.case_id, unit="slice", leave=False))
+
+    def advance(done: int) -> None:
+        for bar in bars:
+            bar.update(done)
+
+    try:
+        written = predict_case(predictor, case, options, advance, start)
+    except CASE_ERRORS as err:
+        reason = str(err) if isinstance(err, SSAMError) else f"{type(err).__name__}: {err}"
+        return CaseOutcome(case.case_id, str(case.path), "failed", reason)
+    finally:
+        for bar in bars:
+            bar.close()
+    return CaseOutcome(case.case_id, str(case.path), "done", outputs=tuple(written))
+
+
+def predict_cases(
+    predictor: SSAMPredictor,
+    cases: Sequence[InputCase],
+    options: PredictOptions,
+    show_progress: bool = True,
+) -> list[CaseOutcome]:
+    """Predict every case in order; a failing case is recorded and the rest go on.
+
+    The label list is resolved once (an empty or bad list fails before any case).
+    """
+    labels = predictor.resolve_labels(options.labels)
+    options = replace(options, labels=labels)
+    predictor.label_tokens(labels)  # a label the model cannot encode fails here, once
+    options.output_dir.mkdir(parents=True, exist_ok=True)
+    outcomes = []
+    for case in tqdm(cases, desc="cases", unit="case", disable=not show_progress):
+        planned = planned_outputs(case, labels, options)
+        if not options.overwrite and all(p.is_file() for p in planned):
+            outcomes.append(
+                CaseOutcome(
+                    case.case_id, str(case.path), "skipped", "outputs exist", tuple(planned)
+                )
+            )
+            continue
+        outcomes.append(_run_case(predictor, case, options, show_progress))
+    return outcomes

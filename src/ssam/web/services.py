@@ -1,0 +1,110 @@
+"""What the routes share: the engine, the job queue and the settings, and how an upload
+becomes a job (stage, admit, decode, segment) whose result a route awaits or the page polls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from functools import partial
+
+from fastapi import Request
+
+from ssam.web.engine import SegmentationEngine, WebSegmentation
+from ssam.web.errors import JobCancelled, RequestError
+from ssam.web.jobs import Job, JobQueue
+from ssam.web.reports import summarise
+from ssam.web.settings import ServerSettings
+from ssam.web.uploads import AsyncReadable, StagedUpload, decode_upload, stage_upload
+
+
+@dataclass
+class Services:
+    """One server's state, on ``app.state.services``; ``info`` describes the model."""
+
+    engine: SegmentationEngine
+    jobs: JobQueue
+    settings: ServerSettings
+    info: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True, eq=False)
+class JobOutput:
+    """A finished segmentation job: the result, seconds per phase, and its JSON summary."""
+
+    result: WebSegmentation
+    timings: dict[str, float]
+    summary: dict
+
+
+def get_services(request: Request) -> Services:
+    """FastAPI dependency: the app's ``Services``."""
+    return request.app.state.services
+
+
+def run_job(
+    engine: SegmentationEngine, staged: StagedUpload, names: tuple[str, ...], job: Job
+) -> JobOutput:
+    """Worker side: decode the staged upload (then delete it), segment, summarise."""
+    total = staged.header.shape[2]
+    job.report(0, total, phase="reading")
+    tic = time.perf_counter()
+    try:
+        upload = decode_upload(staged)
+    finally:
+        staged.cleanup()
+    read = time.perf_counter() - tic
+    job.report(0, total, phase="segmenting")
+    result = engine.segment(upload, names, progress=job.report, should_stop=job.should_stop)
+    job.phase = "summarising"
+    timings = {"read": read, **result.timings}
+    return JobOutput(result, timings, summarise(result, timings))
+
+
+async def admit_upload(
+    services: Services, source: AsyncReadable, labels: list[str] | None, keep: bool
+) -> Job:
+    """Check the labels, stage the upload and admit its job (422/413/415/429 on refusal)."""
+    settings = services.settings
+    names, _ = services.engine.resolve_labels(
+        labels or [], settings.max_labels, settings.max_label_chars
+    )
+    staged = await stage_upload(source, settings)
+    try:
+        job = services.jobs.submit(partial(run_job, services.engine, staged, names), keep=keep)
+    except BaseException:
+        staged.cleanup()
+        raise
+    # A job cancelled before it ran never reaches run_job's own clean-up.
+    job.future.add_done_callback(lambda _: staged.cleanup())
+    return job
+
+
+async def await_job(job: Job, timeout: float) -> JobOutput:
+    """The job's output; 504 (and the job cancelled) after ``timeout`` seconds.
+
+    If the awaiting request itself is cancelled (client gone), its job is cancelled too.
+    """
+    waiter = asyncio.wrap_future(job.future)
+    try:
+        return await asyncio.wait_for(asyncio.shield(waiter), timeout=max(0.0, timeout))
+    except TimeoutError:
+        job.cancel()
+        # Nobody awaits the job any more: retrieve its outcome so asyncio does not warn.
+        waiter.add_done_callback(lambda f: f.cancelled() or f.exception())
+        raise RequestError(
+            f"no result within the request timeout ({job.elapsed():.1f} s); the job was "
+            "cancelled. The server is busy or the image is large: retry later, send a "
+            "smaller image, or use the job endpoints (POST /v1/jobs) and poll",
+            status=504,
+        ) from None
+    except JobCancelled:
+        raise RequestError("the job was cancelled (is the server shutting down?)", 503) from None
+    except asyncio.CancelledError:
+        if job.future.cancelled():
+            raise RequestError(
+                "the job was cancelled (is the server shutting down?)", 503
+            ) from None
+        job.cancel()
+        raise

@@ -1,0 +1,150 @@
+// Result view: the overlay drawn on a canvas (fill + outlines), slices, legend, details and
+// download links. Every function takes the page's ``state`` (see app.js).
+
+import { $, el, errorMessage, formatNumber, hexToRgb } from "./dom.js";
+import { state } from "./state.js";
+
+// ----- showing a result -----------------------------------------------------------------
+
+export async function showResult(result) {
+  state.result = result;
+  state.slices.clear();
+  state.hidden.clear();
+  const volume = result.slices > 1;
+  $("slice-control").hidden = !volume;
+  $("slice").max = String(result.slices - 1);
+  $("slice").value = String(result.best_slice);
+  $("preview").hidden = true;
+  $("placeholder").hidden = true;
+  renderLegend(result);
+  renderDetails(result);
+  renderWarnings(result.warnings);
+  const note = result.rotated ? "NIfTI slices are shown rotated 90° counter-clockwise" : "";
+  $("viewer-note").textContent = note;
+  $("viewer-note").hidden = !note;
+  await showSlice(result.best_slice);
+}
+
+async function fetchSlice(index) {
+  if (state.slices.has(index)) return state.slices.get(index);
+  const base = `/v1/jobs/${state.jobId}/slices/${index}`;
+  const [imageResponse, labelResponse] = await Promise.all([
+    fetch(`${base}/image.png`), fetch(`${base}/labels`)]);
+  if (!imageResponse.ok) throw new Error(await errorMessage(imageResponse));
+  if (!labelResponse.ok) throw new Error(await errorMessage(labelResponse));
+  const image = await createImageBitmap(await imageResponse.blob());
+  const labels = new Uint8Array(await labelResponse.arrayBuffer());
+  const entry = { image, labels, w: image.width, h: image.height };
+  state.slices.set(index, entry);
+  return entry;
+}
+
+export async function showSlice(index) {
+  state.slice = index;
+  $("slice-value").textContent = `${index + 1} / ${state.result.slices}`;
+  updateDownloads();
+  const entry = await fetchSlice(index);
+  if (state.slice === index) drawOverlay(entry);
+}
+
+function drawOverlay(entry) {
+  const canvas = $("canvas");
+  canvas.width = entry.w;
+  canvas.height = entry.h;
+  const context = canvas.getContext("2d", { willReadFrequently: true });
+  context.drawImage(entry.image, 0, 0);
+  const pixels = context.getImageData(0, 0, entry.w, entry.h);
+  const alpha = Number($("opacity").value) / 100;
+  const outline = $("outline").checked;
+  const colours = [null, ...state.result.colours.map(hexToRgb)];
+  const { labels, w, h } = entry;
+  const data = pixels.data;
+  for (let i = 0; i < labels.length; i++) {
+    const value = labels[i];
+    if (value === 0 || state.hidden.has(value)) continue;
+    const colour = colours[value];
+    const x = i % w;
+    const edge = outline && (x === 0 || x === w - 1 || i < w || i >= w * (h - 1) ||
+      labels[i - 1] !== value || labels[i + 1] !== value ||
+      labels[i - w] !== value || labels[i + w] !== value);
+    const mix = edge ? 1 : alpha;
+    for (let c = 0; c < 3; c++) {
+      data[4 * i + c] = Math.round((1 - mix) * data[4 * i + c] + mix * colour[c]);
+    }
+  }
+  context.putImageData(pixels, 0, 0);
+  canvas.hidden = false;
+  $("viewer").dataset.state = "ready";
+}
+
+export function redraw() {
+  const entry = state.result && state.slices.get(state.slice);
+  if (entry) drawOverlay(entry);
+}
+
+function renderLegend(result) {
+  const volume = result.kind === "3d";
+  $("count-header").textContent = volume ? "Voxels" : "Pixels";
+  $("size-header").textContent = volume ? "Volume (mL)" : "Area (mm²)";
+  const rows = result.labels.map((name, i) => {
+    const size = result.sizes[name];
+    const row = el("tr", "legend-row");
+    row.dataset.label = name;
+    const swatch = el("span", "swatch");
+    swatch.style.background = result.colours[i];
+    const swatchCell = el("td");
+    swatchCell.append(swatch);
+    row.append(swatchCell, el("td", "label-name", name),
+      el("td", "num", formatNumber(volume ? size.voxels : size.pixels, 0)),
+      el("td", "num", formatNumber(volume ? size.volume_ml : size.area_mm2, 2)));
+    row.addEventListener("click", () => {
+      const value = i + 1;
+      if (state.hidden.has(value)) state.hidden.delete(value);
+      else state.hidden.add(value);
+      row.classList.toggle("off", state.hidden.has(value));
+      redraw();
+    });
+    return row;
+  });
+  $("legend").tBodies[0].replaceChildren(...rows);
+}
+
+function renderWarnings(warnings) {
+  $("warnings").replaceChildren(...warnings.map((text) => el("li", "", text)));
+}
+
+function renderDetails(result) {
+  const timings = result.timings_ms;
+  const rows = [
+    ["Format", result.format.toUpperCase()],
+    ["Shape", result.shape.join(" × ")],
+    ["Spacing", result.spacing_mm ? result.spacing_mm.map((v) => v.toFixed(3)).join(" × ") + " mm"
+      : "unknown"],
+    ["Slices", String(result.slices)],
+    ["Encoder", `${result.cache.encoded} run, ${result.cache.hits} cached`],
+    ["Read", `${timings.read.toFixed(0)} ms`],
+    ["Encode", `${timings.encode.toFixed(0)} ms`],
+    ["Decode", `${timings.decode.toFixed(0)} ms`],
+  ];
+  const nodes = rows.flatMap(([key, value]) => [el("dt", "", key), el("dd", "", value)]);
+  $("details").replaceChildren(...nodes);
+}
+
+function setLink(id, href, filename) {
+  const link = $(id);
+  link.href = href;
+  link.download = filename;
+  link.setAttribute("aria-disabled", "false");
+}
+
+export function updateDownloads() {
+  if (!state.result) return;
+  const base = `/v1/jobs/${state.jobId}`;
+  const suffix = state.result.format === "nifti" || state.result.kind === "3d" ? ".nii.gz" : ".png";
+  const opacity = (Number($("opacity").value) / 100).toFixed(2);
+  setLink("download-labels", `${base}/label_map`, `label_map${suffix}`);
+  const overlayName = state.result.slices > 1 ? `overlay_slice${state.slice}.png` : "overlay.png";
+  setLink("download-overlay", `${base}/overlay.png?slice=${state.slice}&opacity=${opacity}`,
+    overlayName);
+  setLink("download-report", `${base}/report.json`, "report.json");
+}

@@ -1,0 +1,66 @@
+"""Smoke runs of the benchmark scripts in quick mode (tiny SAM): every path works and writes its
+table; no timing is asserted (this machine's numbers say nothing in a test)."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+@pytest.fixture()
+def bench_modules(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+
+
+@pytest.mark.slow
+def test_suite_quick_measures_every_configuration(bench_modules, tmp_path, capsys):
+    import run_suite
+    import workloads
+
+    out = tmp_path / "suite.json"
+    run_suite.main(["--quick", "--threads", "1", "--out", str(out)])
+    results = json.loads(out.read_text())
+    printed = capsys.readouterr().out
+    assert "Training step" in printed and "command: python bench/run_suite.py" in printed
+    settings = results["settings"]
+    assert settings["variant"] == "tiny" and settings["threads"] == 1
+    trained = {(r["config"], r["batch"]) for r in results["training"]}
+    assert trained == {(c, b) for c in workloads.TRAIN_CONFIGS for b in settings["train_batches"]}
+    inferred = {(r["config"], r["batch"]) for r in results["inference"]}
+    assert inferred == {(c, b) for c in workloads.INFER_CONFIGS for b in settings["infer_batches"]}
+    for section, rounds in (("training", "rounds"), ("inference", "infer_rounds")):
+        for row in results[section]:
+            assert row["median_s"] > 0 and len(row["samples_s"]) == settings[rounds]
+    assert {r["config"] for r in results["memory"]} == {
+        *workloads.TRAIN_CONFIGS,
+        *workloads.INFER_CONFIGS,
+    }
+    for row in results["memory"]:
+        assert row["peak_rss_mib"] >= row["baseline_rss_mib"] > 0
+    assert [r["kind"] for r in results["load"]] == ["svd_first", "svd_cached", "merged"]
+    assert all(r["median_s"] > 0 for r in results["load"])
+    flops = [r for r in results["encoder_flops"] if r["config"] == "encoder:sam_plain"]
+    assert flops and all(r["gflop"] > 0 and r["gflops_per_s"] > 0 for r in flops)
+    assert results["trainable"]["ssam"] < results["trainable"]["sam_full"]
+    assert set(results["adapter_bytes"]) == set(workloads.METHODS)
+    assert len(results["targets"]) == 7
+    assert all(t["met"] is None and t["value"] is not None for t in results["targets"])
+
+
+@pytest.mark.slow
+def test_compare_methods_quick(bench_modules, tmp_path, shared_data):
+    import compare_methods
+
+    out = tmp_path / "compare.json"
+    argv = ["--quick", "--methods", "ssam", "decoder", "--threads", "1", "--out", str(out)]
+    argv += ["--data", str(shared_data / "kvasir-seg")]
+    compare_methods.main(argv)
+    results = json.loads(out.read_text())
+    assert list(results["methods"]) == ["ssam", "decoder"]
+    for r in results["methods"].values():
+        assert 0.0 <= r["val_dice_final"] <= 1.0 and len(r["val_dice_curve"]) == 2
+        assert r["trainable"] > 0 and r["adapter_bytes"] > 0
+    assert results["methods"]["ssam"]["trainable"] < results["methods"]["decoder"]["trainable"]
+    assert out.with_suffix(".png").stat().st_size > 0

@@ -1,0 +1,98 @@
+"""Evaluation of trained adapters on real layouts, at the original resolution."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from tests.test_train import TINY, link_nnunet_subset, link_subset
+
+from ssam.config.train import load_train_config
+from ssam.evaluate import evaluate, select_split_cases
+from ssam.train import train
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def _train_and_evaluate(tmp_path, checkpoint, datasets, *extra):
+    config = load_train_config(
+        None,
+        [*TINY, f"model.sam_checkpoint={checkpoint}", "max_steps=2", *extra],
+        datasets=datasets,
+        output_dir=str(tmp_path / "run"),
+        batch_size=4,
+    )
+    result = train(config)
+    return config, evaluate(config, result.last_adapter, "val", tmp_path / "eval")
+
+
+def _read_rows(folder: Path) -> list[dict]:
+    with open(folder / "metrics.csv") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_evaluate_folder_layout(tmp_path, tiny_checkpoint, shared_data):
+    root = link_subset(shared_data / "glas", tmp_path / "glas", 8)
+    datasets = [
+        {"path": str(root), "layout": "folder", "label": "gland", "split": {"val_fraction": 0.25}}
+    ]
+    config, result = _train_and_evaluate(tmp_path, tiny_checkpoint, datasets)
+    rows = _read_rows(result.output_dir)
+    val_ids = {c.case_id for c in select_split_cases(config, "val")["glas"]}
+    assert {r["case_id"] for r in rows} == val_ids and len(rows) == 2
+    assert all(0.0 <= float(r["dice"]) <= 1.0 for r in rows)
+    summary = json.loads((result.output_dir / "summary.json").read_text())
+    assert summary["hd95_unit"] == "px"
+    assert "both empty" in summary["empty_gt_policy"].lower()
+    assert summary["labels"]["gland"]["n_cases"] == 2
+
+
+def test_evaluate_nnunet_2d_every_label(tmp_path, tiny_checkpoint, shared_data):
+    src = shared_data / "curvas-ct"
+    cases = sorted({p.name.rsplit("_", 1)[0] for p in (src / "imagesTr").iterdir()})[:5]
+    root = link_nnunet_subset(src, tmp_path / "curvas", cases)
+    datasets = [{"path": str(root), "layout": "nnunet", "split": {"val_fraction": 0.4}}]
+    _, result = _train_and_evaluate(tmp_path, tiny_checkpoint, datasets)
+    rows = _read_rows(result.output_dir)
+    assert {r["label"] for r in rows} == {"liver", "kidney", "pancreas"}
+    assert len(rows) == 3 * result.n_cases
+
+
+def test_evaluate_nifti_volume_in_mm(tmp_path, tiny_checkpoint, shared_data):
+    """Volumes are scored as volumes: a shrunken anisotropic copy keeps HD95 in mm."""
+    src = shared_data / "ms-lesions-mri"
+    root = tmp_path / "ms"
+    link_nnunet_subset(src, root, [], channels=0)
+    for case in ("patient07", "patient19"):
+        for sub, name in (("imagesTr", f"{case}_0000"), ("labelsTr", case)):
+            image = nib.load(src / sub / f"{name}.nii.gz")
+            data = np.asarray(image.dataobj)[::3, ::3, 60:120:4]  # (61, 73, 15), 3x3x4 mm
+            affine = image.affine @ np.diag([3.0, 3.0, 4.0, 1.0])
+            nib.save(nib.Nifti1Image(data, affine), root / sub / f"{name}.nii.gz")
+    datasets = [
+        {
+            "path": str(root),
+            "layout": "nnunet",
+            "channels": [0],
+            "intensity": {"preset": "mri"},
+            "split": {"val_fraction": 0.5},
+        }
+    ]
+    _, result = _train_and_evaluate(tmp_path, tiny_checkpoint, datasets, "batch_size=2")
+    rows = _read_rows(result.output_dir)
+    assert len(rows) == 1 and rows[0]["label"] == "lesion"
+    summary = json.loads((result.output_dir / "summary.json").read_text())
+    assert summary["hd95_unit"] == "mm"
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.stem)
+def test_example_configs_validate(path, shared_data):
+    config = load_train_config(path)
+    assert config.model.variant == "vit_b" and config.model.image_size == 256
+    assert config.optim.lr == 1e-4 and config.batch_size == 32
+    for dataset in config.datasets:
+        assert dataset.path.is_dir(), dataset.path

@@ -1,0 +1,89 @@
+"""``ssam serve`` as a user runs it, and the load test's smoke run against a live server."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from web_helpers import WEB_LABELS
+
+from ssam.cli.main import main
+from ssam.web.server import build_server, free_port
+
+LOAD_TEST = Path(__file__).resolve().parents[2] / "bench" / "load_test.py"
+
+
+def load_bench_module():
+    spec = importlib.util.spec_from_file_location("load_test", LOAD_TEST)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while being built
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_serve_command_starts_on_loopback(web_adapter, tiny_checkpoint, monkeypatch):
+    """``ssam serve`` through the CLI's own entry point (in a thread: a subprocess would pay
+    the CLI's import time again), stopped through the uvicorn server it built."""
+    servers = []
+
+    def recording_build_server(*args, **kwargs):
+        servers.append(build_server(*args, **kwargs))
+        return servers[-1]
+
+    monkeypatch.setattr("ssam.web.server.build_server", recording_build_server)
+    port = free_port()
+    argv = ["serve", "--adapter", str(web_adapter), "--sam-checkpoint", str(tiny_checkpoint)]
+    argv += ["--port", str(port), "--offline", "--queue-size", "1", "--log-level", "warning"]
+    codes = []
+
+    def run_cli() -> None:
+        try:
+            main(argv)
+        except SystemExit as exit_:  # Typer exits when the command returns
+            codes.append(exit_.code)
+
+    thread = threading.Thread(target=run_cli, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not (servers and servers[0].started):
+        assert thread.is_alive() and time.monotonic() < deadline, "ssam serve did not come up"
+        time.sleep(0.05)
+    try:
+        assert servers[0].config.host == "127.0.0.1"
+        url = f"http://127.0.0.1:{port}"
+        assert httpx.get(f"{url}/healthz").json()["queue"]["capacity"] == 2
+        labels = httpx.get(f"{url}/v1/labels").json()
+        assert labels["labels"] == WEB_LABELS and labels["model"]["variant"] == "tiny"
+    finally:
+        servers[0].should_exit = True
+        thread.join(20)
+    assert not thread.is_alive() and codes in ([], [0])
+
+
+def test_serve_needs_a_model(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["serve", "--port", "1"])
+    assert exit_info.value.code == 2 and "--adapter" in capsys.readouterr().err
+
+
+def test_load_test_quick_run(server, tmp_path):
+    load_test = load_bench_module()
+    out = tmp_path / "load.json"
+    argv = ["--quick", "--duration", "2", "--url", server.url, "--out", str(out)]
+    assert load_test.main(argv) == 0
+    report = json.loads(out.read_text())
+    assert report["clients"] == 8 and report["ok"] > 0 and report["errors"] == 0
+    assert report["latency_ms"]["p95"] >= report["latency_ms"]["p50"] > 0
+
+
+def test_load_test_stays_on_loopback():
+    load_test = load_bench_module()
+    with pytest.raises(ValueError, match="loopback"):
+        load_test.check_loopback("http://10.1.2.3:8000")
+    assert load_test.check_loopback("http://127.0.0.1:9/") == "http://127.0.0.1:9"
