@@ -53,7 +53,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--train-batches", type=int, nargs="+", default=[1, 2, 4])
     p.add_argument("--infer-batches", type=int, nargs="+", default=[1, 4])
     p.add_argument("--configs", nargs="+", default=list(wl.TRAIN_CONFIGS), help="training configs")
-    p.add_argument("--rounds", type=int, default=3, help="timed training rounds per batch size")
+    p.add_argument("--rounds", type=int, default=5, help="timed training rounds per batch size")
     p.add_argument("--infer-rounds", type=int, default=7, help="timed inference rounds")
     p.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
     p.add_argument("--load-repeats", type=int, default=2, help="fresh-process load measurements")
@@ -101,20 +101,23 @@ def measure_memory(runner: IsolatedRunner, setup: wl.BenchSetup, args) -> list[d
     return rows
 
 
-def _rows(times: dict[str, list[float]], batch: int, baseline: str, **extra) -> list[dict]:
-    base = statistics.median(times[baseline]) if baseline in times else None
+def _rows(times: dict[str, list[float]], batch: int, baseline: str) -> list[dict]:
+    """Per configuration: median time, images/s, ratio of medians to ``baseline``, and the
+    paired ratio: the median over rounds of (time / baseline's time in the same round)."""
+    base = times.get(baseline)
     rows = []
     for name, samples in times.items():
         stats = summarise(samples)
+        paired = [t / b for t, b in zip(samples, base, strict=True)] if base else None
         rows.append(
             {
                 "config": name,
                 "batch": batch,
                 **stats,
                 "images_per_s": batch / stats["median_s"],
-                "ratio": stats["median_s"] / base if base else None,
+                "ratio": stats["median_s"] / statistics.median(base) if base else None,
+                "paired_ratio": statistics.median(paired) if paired else None,
                 "samples_s": samples,
-                **extra,
             }
         )
     return rows

@@ -82,11 +82,12 @@ def format_training(results: dict) -> str:
     for r in results["training"]:
         rows.append(
             (r["config"], r["batch"], _f(r["median_s"]), _f(r["images_per_s"], 2),
-             _f(r["ratio"], 3), _rss_lookup(results, "train", r["config"], r["batch"]),
+             _f(r["ratio"], 3), _f(r["paired_ratio"], 3),
+             _rss_lookup(results, "train", r["config"], r["batch"]),
              f"{results['trainable'][r['config']]:,}", _mib(results["adapter_bytes"], r["config"]))
         )  # fmt: skip
-    headers = ("config", "batch", "s/step", "img/s", "x sam_full", "peak RSS MiB", "trainable",
-               "adapter MiB")  # fmt: skip
+    headers = ("config", "batch", "s/step", "img/s", "x sam_full", "paired", "peak RSS MiB",
+               "trainable", "adapter MiB")  # fmt: skip
     return format_table(headers, rows)
 
 
@@ -97,10 +98,11 @@ def _mib(sizes: dict, config: str) -> str | None:
 def format_inference(results: dict) -> str:
     rows = [
         (r["config"], r["batch"], _f(1000 * r["median_s"] / r["batch"], 1), _f(r["ratio"], 3),
-         _rss_lookup(results, "infer", r["config"], r["batch"]))
+         _f(r["paired_ratio"], 3), _rss_lookup(results, "infer", r["config"], r["batch"]))
         for r in results["inference"]
     ]  # fmt: skip
-    return format_table(("config", "batch", "ms/image", "x sam_plain", "peak RSS MiB"), rows)
+    headers = ("config", "batch", "ms/image", "x sam_plain", "paired", "peak RSS MiB")
+    return format_table(headers, rows)
 
 
 def format_flops(results: dict) -> str:
@@ -137,7 +139,8 @@ def format_report(results: dict) -> str:
         f"{', '.join(f'{x:.2f}' for x in m['load_average'])}, after "
         f"{', '.join(f'{x:.2f}' for x in results['load_average_after'])}.\n"
         f"Medians of {s['rounds']} interleaved training rounds and {s['infer_rounds']} inference "
-        f"rounds after {s['warmup']} warm-up; peak RSS and load times each in a fresh process."
+        f"rounds after {s['warmup']} warm-up ('x': ratio of medians; 'paired': median of the "
+        f"per-round ratios); peak RSS and load times each in a fresh process."
     )
     parts = [
         head,

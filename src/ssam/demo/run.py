@@ -187,19 +187,96 @@ def run_demo(options: DemoOptions, say: Callable[[str], None] = print) -> DemoRe
         torch.set_num_threads(threads)
 
 
+@dataclass
+class _Base:
+    """The model to adapt: its config, a sentence saying what it is, and stage-1 results."""
+
+    model: ModelConfig
+    weights: str
+    history: list[dict] = field(default_factory=list)
+    box_dice: float | None = None
+
+
+class _Clock:
+    """Seconds per stage, measured between calls to ``lap``."""
+
+    def __init__(self) -> None:
+        self.start, self.seconds = time.perf_counter(), {}
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.seconds[name] = round(now - self.start, 1)
+        self.start = now
+
+
+def _build_foundation(out: Path, plan: DemoPlan, seed: int, say) -> _Base:
+    """Stage 1: phantoms of other structures, box-prompt pre-training, an official-layout file."""
+    say(f"stage 1: pre-training a small SAM with box prompts ({plan.foundation_steps} steps)")
+    write_phantom_dataset(
+        out / "data" / "pretrain", plan.n_pretrain, seed + 10_000, plan.phantom_size,
+        structures=PRETRAIN_STRUCTURES,
+    )  # fmt: skip
+    pretrain = DatasetConfig(path=out / "data" / "pretrain", layout="nnunet", neg_ratio=0.0)
+    found = pretrain_foundation(
+        get_sam_spec("demo"), pretrain, plan.image_size, plan.foundation_steps,
+        plan.batch_size, plan.foundation_lr, seed,
+    )  # fmt: skip
+    say(f"  box-prompt Dice on held-out phantoms: {found.box_dice:.3f}")
+    sam_path = save_state_dict(found.state_dict, out / "foundation" / "sam_demo.pth")
+    model = ModelConfig(
+        variant="demo", image_size=plan.image_size, sam_checkpoint=sam_path,
+        text_encoder="tiny", allow_download=False,
+    )  # fmt: skip
+    weights = (
+        "a small SAM (real architecture, 'demo' variant) pre-trained here with box prompts "
+        "on phantoms, and a randomly initialised CLIP text tower of toy width"
+    )
+    return _Base(model, weights, found.history, found.box_dice)
+
+
+def _official_base(options: DemoOptions, official: tuple[Path, Path]) -> _Base:
+    sam_path, clip_path = official
+    model = ModelConfig(
+        variant=options.variant, image_size=options.real_image_size,
+        sam_checkpoint=sam_path, clip_checkpoint=clip_path, allow_download=False,
+    )  # fmt: skip
+    return _Base(
+        model, f"official SAM {options.variant} ({sam_path}) and CLIP ViT-B/32 ({clip_path})"
+    )
+
+
+def _score_untrained(config: TrainConfig, split: str, out: Path) -> tuple[list[str], dict]:
+    """The label names, and Dice per label of the model before any S-SAM training."""
+    model = create_model(config.model)
+    labels = list(list(select_split_cases(config, split).values())[0][0].labels)
+    path = save_adapter(model, out / "untrained.safetensors", labels)
+    return labels, _mean_dice(evaluate(config, path, split, out / "eval-untrained").table)
+
+
+def _write_pictures(config, result, split: str, labels: list[str], base: _Base, out: Path):
+    """Predictions on the held-out cases, image | truth | prediction panels, learning curves."""
+    adapter = result.best_adapter or result.last_adapter
+    model = config.model
+    predictor = SSAMPredictor.from_adapter(adapter, model.sam_checkpoint, model.clip_checkpoint)
+    held_out = list(select_split_cases(config, split).values())[0]
+    inputs = [InputCase(c.case_id, c.image_paths[0]) for c in held_out]
+    predict_cases(predictor, inputs, PredictOptions(out / "predictions"), show_progress=False)
+    render_panels(_panel_cases(predictor, held_out, labels), labels, out / "overlays.png")
+    records = read_log(result.run_dir / "metrics.jsonl")
+    plot_learning_curves(
+        base.history,
+        [r for r in records if r["kind"] == "train"],
+        [r for r in records if r["kind"] == "epoch"],
+        out / "learning_curve.png",
+    )
+
+
 def _run_demo(
     options: DemoOptions, say: Callable[[str], None], official: tuple[Path, Path] | None
 ) -> DemoResult:
     plan = QUICK if options.quick else FULL
     out = _prepare_output(Path(options.output_dir))
-    clock, seconds = time.perf_counter(), {}
-
-    def lap(name: str) -> None:
-        nonlocal clock
-        now = time.perf_counter()
-        seconds[name] = round(now - clock, 1)
-        clock = now
-
+    clock = _Clock()
     if options.data is None:
         say(f"writing {plan.n_train + plan.n_test} phantoms (nnU-Net layout) to {out / 'data'}")
         write_phantom_dataset(
@@ -207,93 +284,42 @@ def _run_demo(
             n_test=plan.n_test,
         )  # fmt: skip
     dataset = _dataset(options, out / "data", plan)
-    lap("data")
-
-    foundation_history, box_dice = [], None
+    clock.lap("data")
     if official is None:
-        say(f"stage 1: pre-training a small SAM with box prompts ({plan.foundation_steps} steps)")
-        write_phantom_dataset(
-            out / "data" / "pretrain", plan.n_pretrain, options.seed + 10_000, plan.phantom_size,
-            structures=PRETRAIN_STRUCTURES,
-        )  # fmt: skip
-        pretrain = DatasetConfig(path=out / "data" / "pretrain", layout="nnunet", neg_ratio=0.0)
-        found = pretrain_foundation(
-            get_sam_spec("demo"), pretrain, plan.image_size, plan.foundation_steps,
-            plan.batch_size, plan.foundation_lr, options.seed,
-        )  # fmt: skip
-        sam_path = save_state_dict(found.state_dict, out / "foundation" / "sam_demo.pth")
-        foundation_history, box_dice = found.history, found.box_dice
-        model = ModelConfig(
-            variant="demo", image_size=plan.image_size, sam_checkpoint=sam_path,
-            text_encoder="tiny", allow_download=False,
-        )  # fmt: skip
-        weights = (
-            "a small SAM (real architecture, 'demo' variant) pre-trained here with box prompts "
-            "on phantoms, and a randomly initialised CLIP text tower of toy width"
-        )
-        say(f"  box-prompt Dice on held-out phantoms: {box_dice:.3f}")
+        base = _build_foundation(out, plan, options.seed, say)
     else:
-        sam_path, clip_path = official
-        model = ModelConfig(
-            variant=options.variant, image_size=options.real_image_size,
-            sam_checkpoint=sam_path, clip_checkpoint=clip_path, allow_download=False,
-        )  # fmt: skip
-        weights = f"official SAM {options.variant} ({sam_path}) and CLIP ViT-B/32 ({clip_path})"
-    lap("foundation")
-
+        base = _official_base(options, official)
+    clock.lap("foundation")
     config = TrainConfig(
-        model=model, datasets=[dataset], output_dir=out / "train", epochs=plan.epochs,
+        model=base.model, datasets=[dataset], output_dir=out / "train", epochs=plan.epochs,
         batch_size=plan.batch_size, seed=options.seed, tensorboard=True,
         optim=OptimConfig(lr=plan.lr, step_size=max(1, plan.epochs * 3 // 4), gamma=0.2),
     )  # fmt: skip
     split = "test" if options.data is None else "val"
     say("stage 2a: scoring the untrained S-SAM model on the held-out cases")
-    untrained_model = create_model(model)
-    labels = list(select_split_cases(config, split).values())[0][0].labels
-    untrained_path = save_adapter(untrained_model, out / "untrained.safetensors", list(labels))
-    del untrained_model
-    untrained = evaluate(config, untrained_path, split, out / "eval-untrained")
-    lap("untrained")
-
+    labels, untrained = _score_untrained(config, split, out)
+    clock.lap("untrained")
     say(f"stage 2b: S-SAM training by label name ({plan.epochs} epochs, batch {plan.batch_size})")
     result = train(config)
-    lap("train")
-
+    clock.lap("train")
     say("stage 3: evaluation, predictions and pictures on the held-out cases")
     adapter = result.best_adapter or result.last_adapter
-    trained = evaluate(config, adapter, split, out / "eval")
-    predictor = SSAMPredictor.from_adapter(adapter, model.sam_checkpoint, model.clip_checkpoint)
-    held_out = list(select_split_cases(config, split).values())[0]
-    inputs = [InputCase(c.case_id, c.image_paths[0]) for c in held_out]
-    predict_cases(predictor, inputs, PredictOptions(out / "predictions"), show_progress=False)
-    names = list(labels)
-    render_panels(_panel_cases(predictor, held_out, names), names, out / "overlays.png")
-    records = read_log(result.run_dir / "metrics.jsonl")
-    plot_learning_curves(
-        foundation_history,
-        [r for r in records if r["kind"] == "train"],
-        [r for r in records if r["kind"] == "epoch"],
-        out / "learning_curve.png",
-    )
-    lap("evaluate")
-
+    trained = _mean_dice(evaluate(config, adapter, split, out / "eval").table)
+    _write_pictures(config, result, split, labels, base, out)
+    clock.lap("evaluate")
+    files = {
+        "metrics": out / "eval" / "metrics.csv",
+        "summary": out / "eval" / "summary.json",
+        "learning_curve": out / "learning_curve.png",
+        "overlays": out / "overlays.png",
+        "predictions": out / "predictions",
+        "adapter": adapter,
+        "run": result.run_dir,
+    }
     demo = DemoResult(
-        output_dir=out,
-        weights=weights,
-        labels=names,
-        dice_untrained=_mean_dice(untrained.table),
-        dice_trained=_mean_dice(trained.table),
-        seconds={**seconds, "total": round(sum(seconds.values()), 1)},
-        files={
-            "metrics": str(out / "eval" / "metrics.csv"),
-            "summary": str(out / "eval" / "summary.json"),
-            "learning_curve": str(out / "learning_curve.png"),
-            "overlays": str(out / "overlays.png"),
-            "predictions": str(out / "predictions"),
-            "adapter": str(adapter),
-            "run": str(result.run_dir),
-        },
-        foundation_box_dice=box_dice,
-    )
+        output_dir=out, weights=base.weights, labels=labels, dice_untrained=untrained,
+        dice_trained=trained, seconds={**clock.seconds, "total": round(sum(clock.seconds.values()), 1)},
+        files={k: str(v) for k, v in files.items()}, foundation_box_dice=base.box_dice,
+    )  # fmt: skip
     (out / MARKER).write_text(demo.to_json())
     return demo
