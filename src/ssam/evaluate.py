@@ -1,8 +1,11 @@
 """Score a trained adapter on a dataset split (DESIGN.md 7).
 
-Per case and label: Dice, IoU and HD95 (MONAI) at the original resolution, from the label map
-the predictor writes (per pixel the most probable label at >= 0.5). Volumes are scored as
-volumes with HD95 in mm from the voxel spacing; 2D images in pixels. How empty ground truths
+Per case and label: Dice, IoU and HD95 (MONAI) at the original resolution, each label scored on
+its own mask (probability >= 0.5): the model segments every label name independently, so a
+lesion inside an organ counts as found even where the organ's probability is higher (the
+label map of ``ssam predict`` gives such pixels to the more probable label). Volumes are
+scored as volumes with HD95 in mm from the voxel spacing; 2D images in pixels. How empty
+ground truths
 count is ``ssam.metrics.EMPTY_GT_POLICY``, written into ``summary.json``.
 """
 
@@ -54,18 +57,19 @@ def score_case(predictor: SSAMPredictor, case: Case, slice_axis: int) -> dict[st
     target, _ = read_case_labels(case)
     names = list(case.labels)
     segmentation = predictor.segment_array(image, properties, names, axis=slice_axis)
-    predicted = segmentation.label_map
+    predicted = segmentation.masks  # (L, *spatial): each label's own mask, probability >= 0.5
     if properties.is_2d:
         target, spacing = target[..., 0], None  # 2D: HD95 in pixels
     else:
         spacing = tuple(float(s) for s in properties.spacing)
-    if predicted.shape != target.shape:
+    if predicted.shape[1:] != target.shape:
         raise DataError(
-            f"{case.label_path}: label map {target.shape} and prediction {predicted.shape} differ"
+            f"{case.label_path}: label map {target.shape} and prediction "
+            f"{predicted.shape[1:]} differ"
         )
     return {
-        name: compute_case_metrics(predicted == k, target == case.labels[name], spacing)
-        for k, name in enumerate(names, start=1)
+        name: compute_case_metrics(predicted[k], target == case.labels[name], spacing)
+        for k, name in enumerate(names)
     }
 
 

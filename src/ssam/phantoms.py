@@ -206,9 +206,9 @@ def _paint_liver_interior(tissue: np.ndarray, rng: np.random.Generator) -> None:
         tissue[vessel & (depth >= 1.5)] = VESSEL
     if rng.random() >= LESION_PROBABILITY or depth.max() < 5:
         return
-    # Radius 4-10 % of the field of view (about 1.4-3.5 cm): small enough to be a lesion,
+    # Radius 5-10 % of the field of view (about 1.7-3.5 cm): small enough to be a lesion,
     # large enough to stay visible at the demo's input size.
-    smallest = max(2.5, 0.04 * tissue.shape[0])
+    smallest = max(2.5, 0.05 * tissue.shape[0])
     largest = max(smallest + 0.5, min(0.6 * depth.max(), 0.1 * tissue.shape[0]))
     radius = float(np.exp(rng.uniform(np.log(smallest), np.log(largest))))
     candidates = np.argwhere(depth >= min(radius + 2, depth.max()))
