@@ -3,7 +3,7 @@ the library's training loop (``ssam.train``) on a real dataset, then validation 
 trainable parameters, as a table, a JSON file and a plot.
 
     python bench/compare_methods.py            # tiny SAM (seeded random weights) at 128 on
-                                               # kvasir-seg, 300 steps per method: ~10 min CPU
+                                               # kvasir-seg, 600 steps per method: ~10 min CPU
     python bench/compare_methods.py --quick    # a smoke run: 12 images, 4 steps per method
     python bench/compare_methods.py --variant vit_b --sam-checkpoint sam_vit_b_01ec64.pth \\
         --text-encoder clip_vit_b32 --clip-checkpoint ViT-B-32.pt --image-size 256 \\
@@ -52,7 +52,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--sam-checkpoint", type=Path, default=None, help="default: seeded random")
     p.add_argument("--text-encoder", default="tiny")
     p.add_argument("--clip-checkpoint", type=Path, default=None)
-    p.add_argument("--steps", type=int, default=300, help="optimiser steps per method")
+    p.add_argument("--steps", type=int, default=600, help="optimiser steps per method")
     p.add_argument("--evals", type=int, default=3, help="validations (epochs) over the steps")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate, every method")
@@ -156,7 +156,8 @@ def plot(results: dict, path: Path) -> None:
     curves.legend()
     scatter.set(xscale="log", xlabel="trainable parameters", ylabel="final validation Dice")
     s = results["settings"]
-    fig.suptitle(f"SAM {s['variant']} at {s['image_size']}, {s['steps']} steps, {s['data']}")
+    data = Path(s["data"]).name
+    fig.suptitle(f"SAM {s['variant']} at {s['image_size']}, {s['steps']} steps, {data}")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

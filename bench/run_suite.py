@@ -27,6 +27,7 @@ import shlex
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -196,6 +197,7 @@ def run_suite(args: argparse.Namespace, work_dir: Path) -> dict:
     )
     results: dict = {
         "command": "python bench/run_suite.py " + shlex.join(sys.argv[1:]),
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "machine": machine,
     }
