@@ -186,6 +186,12 @@ def measure_inference(setup: wl.BenchSetup, args) -> tuple[list[dict], list[dict
     return infer_rows, flops_rows
 
 
+def _save_partial(results: dict, out: Path) -> None:
+    """What is measured so far, next to ``out``: a killed run still leaves its numbers."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".partial.json").write_text(json.dumps(results, indent=1) + "\n")
+
+
 def run_suite(args: argparse.Namespace, work_dir: Path) -> dict:
     torch.set_num_threads(args.threads)
     machine = describe_machine(args.threads)
@@ -207,10 +213,12 @@ def run_suite(args: argparse.Namespace, work_dir: Path) -> dict:
             results["load"] = measure_load(runner, setup, args.load_repeats)
             print("peak RSS (fresh processes) ...", flush=True)
             results["memory"] = measure_memory(runner, setup, args)
+        _save_partial(results, args.out)
     print("training steps (interleaved) ...", flush=True)
     results["training"], results["trainable"], results["adapter_bytes"] = measure_training(
         setup, args
     )
+    _save_partial(results, args.out)
     print("inference (interleaved) ...", flush=True)
     results["inference"], results["encoder_flops"] = measure_inference(setup, args)
     results["load_average_after"] = describe_machine(args.threads)["load_average"]
@@ -225,6 +233,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(format_report(results))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1) + "\n")
+    args.out.with_suffix(".partial.json").unlink(missing_ok=True)
     print(f"\nwritten {args.out}\ncommand: {results['command']}")
     return results
 
