@@ -34,6 +34,31 @@ def test_forward_shapes_and_prompts(tiny_model):
         tiny_model(torch.randn(1, 3, 32, 32), ["polyp"])
 
 
+def test_batched_decoding_matches_official_decoder_per_image(tiny_model):
+    """forward decodes B images with B prompts in one call; the official MaskDecoder, called
+    once per image, gives the same logits for label tokens, boxes and points."""
+    tiny_model.eval()
+    x = torch.randn(3, 3, 64, 64)
+    labels = ["polyp", "lung", "liver"]
+    boxes = torch.tensor([[4.0, 4.0, 40.0, 40.0], [10.0, 8.0, 60.0, 50.0], [0.0, 0.0, 63.0, 63.0]])
+    points = (torch.tensor([[[20.0, 20.0]], [[30.0, 30.0]], [[5.0, 50.0]]]), torch.ones(3, 1))
+    with torch.no_grad():
+        embeddings = tiny_model.encode_images(x)
+        tokens = tiny_model.label_tokens(labels)
+        for kwargs in ({"labels": labels}, {"boxes": boxes}, {"labels": labels, "points": points}):
+            batched = tiny_model(x, **kwargs)
+            for i in range(3):
+                one = tiny_model.decode(
+                    embeddings[i : i + 1],
+                    tokens[i : i + 1] if "labels" in kwargs else None,
+                    (points[0][i : i + 1], points[1][i : i + 1]) if "points" in kwargs else None,
+                    boxes[i : i + 1] if "boxes" in kwargs else None,
+                )
+                torch.testing.assert_close(batched[i], tiny_model.upscale(one)[0])
+    with pytest.raises(ValueError, match="3 images need 3 prompts"):
+        tiny_model(x, boxes=boxes[:2])
+
+
 def test_all_targets_are_svd_tuned(tiny_model):
     enc = tiny_model.image_encoder
     for block in enc.blocks:

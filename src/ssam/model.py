@@ -109,23 +109,42 @@ class SSAM(nn.Module):
         """Images (B, 3, S, S) with one prompt each -> logits (B, 1, S, S).
 
         ``labels``: B label names (or CLIP features (B, D)); ``boxes`` (B, 4) XYXY; ``points``
-        ((B, P, 2), (B, P)). The decoder runs once per image, as SAM's own ``Sam.forward``.
+        ((B, P, 2), (B, P)). Image i is decoded with prompt i only, all B in one decoder call.
         """
         embeddings = self.encode_images(images)
         tokens = self.label_tokens(labels) if labels is not None else None
         if tokens is None and boxes is None and points is None:
             raise ValueError("give each image a label name, a box or points")
-        outputs = []
-        for i in range(images.shape[0]):
-            outputs.append(
-                self.decode(
-                    embeddings[i : i + 1],
-                    tokens[i : i + 1] if tokens is not None else None,
-                    (points[0][i : i + 1], points[1][i : i + 1]) if points is not None else None,
-                    boxes[i : i + 1] if boxes is not None else None,
-                )
-            )
-        return self.upscale(torch.cat(outputs, dim=0))
+        batch = images.shape[0]
+        sparse, dense = self.prompt_encoder(points=points, boxes=boxes, masks=None)
+        if sparse.shape[0] not in (1, batch) or (tokens is not None and len(tokens) != batch):
+            raise ValueError(f"{batch} images need {batch} prompts, one each")
+        sparse, dense = sparse.expand(batch, -1, -1), dense.expand(batch, -1, -1, -1)
+        if tokens is not None:
+            sparse = torch.cat([sparse, tokens.to(sparse.dtype)], dim=1)
+        return self.upscale(self._decode_paired(embeddings, sparse, dense))
+
+    def _decode_paired(
+        self, embeddings: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor
+    ) -> torch.Tensor:
+        """Image i with prompt set i, for all i at once -> low-res logits (B, 1, S/4, S/4).
+
+        SAM's ``MaskDecoder.predict_masks`` decodes the N prompts of one image; this is the same
+        computation (``multimask_output=False``: first mask token) with the image embedding
+        paired to its own prompts instead of repeated for each.
+        """
+        decoder = self.mask_decoder
+        output_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
+        output_tokens = output_tokens.unsqueeze(0).expand(sparse.shape[0], -1, -1)
+        tokens = torch.cat((output_tokens, sparse), dim=1)
+        src = embeddings + dense
+        pos_src = self.prompt_encoder.get_dense_pe().expand(src.shape[0], -1, -1, -1)
+        b, c, h, w = src.shape
+        hs, src = decoder.transformer(src, pos_src, tokens)
+        upscaled = decoder.output_upscaling(src.transpose(1, 2).reshape(b, c, h, w))
+        hyper = decoder.output_hypernetworks_mlps[0](hs[:, 1, :])
+        b, c, h, w = upscaled.shape
+        return (hyper[:, None, :] @ upscaled.view(b, c, h * w)).view(b, 1, h, w)
 
     @torch.no_grad()
     def segment_labels(self, images: torch.Tensor, labels: Sequence[str]) -> torch.Tensor:

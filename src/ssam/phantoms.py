@@ -58,6 +58,7 @@ _TISSUES_OF: dict[str, tuple[int, ...]] = {
     "lesion": (LESION,),
 }
 LESION_PROBABILITY = 0.85
+LESION_CONTRAST_HU = (20.0, 60.0)  # |lesion - liver|, uniform; 85 % hypodense
 
 
 @dataclass(frozen=True)
@@ -221,7 +222,7 @@ def _paint_liver_interior(tissue: np.ndarray, rng: np.random.Generator) -> None:
 def _render(tissue: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """HU image: per-case tissue means, smooth texture, mesenteric fat mix, blur, noise."""
     hu = _HU + rng.standard_normal(len(_HU)) * _HU_CASE_SD
-    hu[LESION] = hu[LIVER] + rng.choice([-1, 1], p=[0.85, 0.15]) * rng.uniform(20, 60)
+    hu[LESION] = hu[LIVER] + rng.choice([-1, 1], p=[0.85, 0.15]) * rng.uniform(*LESION_CONTRAST_HU)
     scale = tissue.shape[0] / 128  # texture grain follows anatomy size, not pixel count
     texture = _smooth_noise(tissue.shape, scale * rng.uniform(0.8, 1.6), rng)
     image = hu[tissue] + _TEXTURE_SD[tissue] * texture
