@@ -1,7 +1,9 @@
-"""Shared fixtures: an isolated cache, tiny official-layout checkpoints, the real data folder."""
+"""Shared fixtures: an isolated cache, tiny official-layout checkpoints, the real data folder,
+one torch thread and a trained tiny adapter."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from predict_helpers import one_thread, train_adapter
 from ssam.config.model import ModelConfig
 from ssam.factory import create_model
 from ssam.sam.build import build_random_sam
@@ -39,6 +42,19 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     """A tiny SAM (real architecture, seeded random weights) saved in the official key layout."""
     sam = build_random_sam(get_sam_spec("tiny"), seed=0)
     return save_state_dict(sam.state_dict(), tmp_path_factory.mktemp("ckpt") / "sam_tiny.pth")
+
+
+@pytest.fixture(scope="module")
+def single_thread() -> Iterator[None]:
+    """Torch on one thread for a whole module: ``pytest.mark.usefixtures("single_thread")``."""
+    with one_thread():
+        yield
+
+
+@pytest.fixture(scope="module")
+def adapter(single_thread, tiny_checkpoint, tmp_path_factory) -> Path:
+    """A tiny adapter trained a few steps on one thread, saved once per module that asks."""
+    return train_adapter(tiny_checkpoint, tmp_path_factory.mktemp("adapter"))
 
 
 @pytest.fixture()

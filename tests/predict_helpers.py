@@ -1,5 +1,6 @@
 """Helpers shared by the prediction, merge and export tests: a trained tiny adapter, small
-real input files (PNG, JPEG, DICOM via pydicom, a cropped real NIfTI volume)."""
+real input files (PNG, JPEG, DICOM via pydicom, a cropped real NIfTI volume). The data tests
+build their DICOM files with ``dicom_dataset`` too."""
 
 from __future__ import annotations
 
@@ -70,10 +71,19 @@ def train_adapter(
         return save_adapter(model, folder / "adapter.safetensors", labels=list(labels))
 
 
-def write_dicom(
-    path: Path, pixels: np.ndarray, spacing: tuple[float, float] = (0.7, 0.8), **tags
-) -> Path:
-    """A single-frame 16-bit CT DICOM file written by pydicom."""
+def dicom_dataset(
+    pixels: np.ndarray,
+    *,
+    slope: float | None = None,
+    intercept: float | None = None,
+    spacing: tuple[float, float] = (0.7, 0.8),
+    thickness: float = 2.5,
+    position: Sequence[float] = (-100.0, -120.0, 10.0),
+    orientation: Sequence[float] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0),
+    series_uid: str = "1.2.3.4",
+    photometric: str = "MONOCHROME2",
+) -> Dataset:
+    """A single-frame 16-bit CT DICOM dataset of ``pixels`` (H, W), rescaled when ``slope``."""
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = CTImageStorage
     meta.MediaStorageSOPInstanceUID = generate_uid()
@@ -81,18 +91,27 @@ def write_dicom(
     ds = Dataset()
     ds.file_meta = meta
     ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
-    ds.SeriesInstanceUID = tags.pop("series_uid", "1.2.3.4")
-    ds.Modality = "CT"
+    ds.SeriesInstanceUID, ds.Modality = series_uid, "CT"
     ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
     ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
     ds.PixelRepresentation = 1 if pixels.dtype == np.int16 else 0
-    ds.PixelSpacing = list(spacing)
-    ds.SliceThickness = tags.pop("thickness", 2.0)
-    ds.ImagePositionPatient = list(tags.pop("position", (-50.0, -60.0, 10.0)))
-    ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+    ds.PixelSpacing = [spacing[0], spacing[1]]
+    ds.SliceThickness = thickness
+    ds.ImagePositionPatient = list(position)
+    ds.ImageOrientationPatient = list(orientation)
+    if slope is not None:
+        ds.RescaleSlope, ds.RescaleIntercept = slope, intercept or 0.0
     ds.PixelData = np.ascontiguousarray(pixels).tobytes()
-    ds.save_as(path, enforce_file_format=True)
+    return ds
+
+
+def write_dicom(
+    path: Path, pixels: np.ndarray, spacing: tuple[float, float] = (0.7, 0.8), **tags
+) -> Path:
+    """A single-frame 16-bit CT DICOM file written by pydicom."""
+    tags = {"thickness": 2.0, "position": (-50.0, -60.0, 10.0), **tags}
+    dicom_dataset(pixels, spacing=spacing, **tags).save_as(path, enforce_file_format=True)
     return path
 
 

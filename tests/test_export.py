@@ -7,18 +7,13 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from predict_helpers import LABELS, kvasir_image, one_thread, train_adapter
+from predict_helpers import LABELS, kvasir_image, train_adapter
 from ssam.cli.main import app
 from ssam.export import check_onnx, export_onnx, run_onnx
 from ssam.loading import load_adapted_model
 
 pytest.importorskip("onnxruntime")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _single_thread():
-    with one_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

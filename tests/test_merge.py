@@ -5,7 +5,7 @@ import torch
 from segment_anything.build_sam import _build_sam
 from typer.testing import CliRunner
 
-from predict_helpers import LABELS, one_thread, tiny_model_config, train_adapter
+from predict_helpers import LABELS, tiny_model_config
 from ssam.adapter import save_adapter
 from ssam.cli.main import app
 from ssam.errors import CheckpointError, ConfigError
@@ -24,16 +24,7 @@ from ssam.sam.checkpoint import save_state_dict
 from ssam.sam.variants import SAM_VARIANTS, SamSpec
 from ssam.svd import iter_svd_layers
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _single_thread():
-    with one_thread():
-        yield
-
-
-@pytest.fixture(scope="module")
-def adapter(tiny_checkpoint, tmp_path_factory):
-    return train_adapter(tiny_checkpoint, tmp_path_factory.mktemp("adapter"))
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def logits_of(model, images, labels):

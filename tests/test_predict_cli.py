@@ -12,8 +12,6 @@ from predict_helpers import (
     LABELS,
     crop_mri,
     kvasir_image,
-    one_thread,
-    train_adapter,
     write_dicom,
     write_png,
 )
@@ -29,15 +27,7 @@ runner = CliRunner()
 SPACING = (0.8, 0.9, 2.5)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _single_thread():
-    with one_thread():
-        yield
-
-
-@pytest.fixture(scope="module")
-def adapter(tiny_checkpoint, tmp_path_factory):
-    return train_adapter(tiny_checkpoint, tmp_path_factory.mktemp("adapter"))
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def make_inputs(folder, shared_data):

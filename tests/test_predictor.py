@@ -14,8 +14,6 @@ from predict_helpers import (
     LABELS,
     crop_mri,
     kvasir_image,
-    one_thread,
-    train_adapter,
     write_dicom,
     write_png,
 )
@@ -27,16 +25,7 @@ from ssam.sam.build import build_random_sam
 from ssam.sam.checkpoint import save_state_dict
 from ssam.sam.variants import get_sam_spec
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _single_thread():
-    with one_thread():
-        yield
-
-
-@pytest.fixture(scope="module")
-def adapter(tiny_checkpoint, tmp_path_factory):
-    return train_adapter(tiny_checkpoint, tmp_path_factory.mktemp("adapter"))
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture()

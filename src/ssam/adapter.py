@@ -19,6 +19,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from ssam.errors import AdapterError
+from ssam.sam.checkpoint import check_state_keys
 
 FORMAT = "ssam-adapter"
 VERSION = 1
@@ -104,13 +105,7 @@ def load_adapter(model: nn.Module, path: str | Path) -> dict:
     tensors, config = read_adapter(path)
     check_adapter_base(config, model, path)
     expected = adapter_state_dict(model)
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
-    if missing or unexpected:
-        raise AdapterError(
-            f"{path}: tensors do not fit the model: missing {missing[:5]}, "
-            f"unexpected {unexpected[:5]}"
-        )
+    check_state_keys(tensors, expected, path, "tensors do not fit the model", AdapterError)
     wrong = [k for k in tensors if tensors[k].shape != expected[k].shape]
     if wrong:
         raise AdapterError(

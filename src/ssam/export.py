@@ -5,8 +5,8 @@ Two graphs (TorchScript-based exporter, ``dynamo=False``: the dynamo exporter ne
 
 * ``image_encoder.onnx``: ``images`` (B, 3, S, S) float32, SAM-normalised
   ((x - pixel_mean) / pixel_std, zero-padded bottom/right; see ``export.json``) ->
-  ``image_embeddings`` (B, C, S/16, S/16); B is dynamic.
-* ``mask_decoder.onnx``: ``image_embeddings`` (1, C, S/16, S/16) [+ ``label_tokens``
+  ``image_embeddings`` (B, C, S/p, S/p), p the patch size (16 in SAM); B is dynamic.
+* ``mask_decoder.onnx``: ``image_embeddings`` (1, C, S/p, S/p) [+ ``label_tokens``
   (L, 1, C) when exported with ``tokens_as_input``; L dynamic] -> ``logits`` (L, S, S),
   the decoder's low-res logits upsampled bilinearly to S (crop the padding and resize to
   the original size afterwards, as ``ssam.data.transforms.restore_to_original``). By default
@@ -38,7 +38,7 @@ OPSET = 17
 
 
 class ImageEncoderGraph(nn.Module):
-    """images (B, 3, S, S) normalised -> image embeddings (B, C, S/16, S/16)."""
+    """images (B, 3, S, S) normalised -> image embeddings (B, C, S/p, S/p)."""
 
     def __init__(self, model: SSAM) -> None:
         super().__init__()

@@ -45,7 +45,7 @@ class SSAM(nn.Module):
         return self.text_affine.linear.weight.device
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 3, S, S) -> image embeddings (B, C, S/16, S/16)."""
+        """(B, 3, S, S) -> image embeddings (B, C, S/p, S/p), p the patch size (16 in SAM)."""
         if images.dim() != 4 or images.shape[-2:] != (self.image_size, self.image_size):
             raise ValueError(
                 f"images must be (B, 3, {self.image_size}, {self.image_size}), "

@@ -58,7 +58,11 @@ _TISSUES_OF: dict[str, tuple[int, ...]] = {
     "lesion": (LESION,),
 }
 LESION_PROBABILITY = 0.85
-LESION_CONTRAST_HU = (20.0, 60.0)  # |lesion - liver|, uniform; 85 % hypodense
+# |lesion - liver| in HU, uniform: a hypodense metastasis against enhanced liver, clearly
+# visible through the phantom's noise (a reader would not miss it either).
+LESION_CONTRAST_HU = (50.0, 90.0)
+LESION_HYPODENSE = 1.0  # probability that the lesion is darker than the liver
+LESION_RADIUS_FOV = (0.05, 0.10)  # radius range, fraction of the field of view (log-uniform)
 
 
 @dataclass(frozen=True)
@@ -209,8 +213,8 @@ def _paint_liver_interior(tissue: np.ndarray, rng: np.random.Generator) -> None:
         return
     # Radius 5-10 % of the field of view (about 1.7-3.5 cm): small enough to be a lesion,
     # large enough to stay visible at the demo's input size.
-    smallest = max(2.5, 0.05 * tissue.shape[0])
-    largest = max(smallest + 0.5, min(0.6 * depth.max(), 0.1 * tissue.shape[0]))
+    smallest = max(2.5, LESION_RADIUS_FOV[0] * tissue.shape[0])
+    largest = max(smallest + 0.5, min(0.6 * depth.max(), LESION_RADIUS_FOV[1] * tissue.shape[0]))
     radius = float(np.exp(rng.uniform(np.log(smallest), np.log(largest))))
     candidates = np.argwhere(depth >= min(radius + 2, depth.max()))
     center = candidates[rng.integers(len(candidates))]
@@ -222,7 +226,9 @@ def _paint_liver_interior(tissue: np.ndarray, rng: np.random.Generator) -> None:
 def _render(tissue: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """HU image: per-case tissue means, smooth texture, mesenteric fat mix, blur, noise."""
     hu = _HU + rng.standard_normal(len(_HU)) * _HU_CASE_SD
-    hu[LESION] = hu[LIVER] + rng.choice([-1, 1], p=[0.85, 0.15]) * rng.uniform(*LESION_CONTRAST_HU)
+    hu[LESION] = hu[LIVER] + rng.choice(
+        [-1, 1], p=[LESION_HYPODENSE, 1 - LESION_HYPODENSE]
+    ) * rng.uniform(*LESION_CONTRAST_HU)
     scale = tissue.shape[0] / 128  # texture grain follows anatomy size, not pixel count
     texture = _smooth_noise(tissue.shape, scale * rng.uniform(0.8, 1.6), rng)
     image = hu[tissue] + _TEXTURE_SD[tissue] * texture

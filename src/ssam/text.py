@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ssam.errors import CheckpointError
-from ssam.sam.checkpoint import read_state_dict
+from ssam.sam.checkpoint import check_state_keys, read_state_dict
 from ssam.weights import WeightsFile
 
 # Tensors of OpenAI's archive that are settings, not weights of the text tower.
@@ -121,13 +121,7 @@ def load_text_tower(spec: TextEncoderSpec, path: str | Path | None) -> nn.Module
     if path is not None:
         state = read_clip_text_state(path)
         expected = tower.state_dict()
-        missing = sorted(set(expected) - set(state))
-        unexpected = sorted(set(state) - set(expected))
-        if missing or unexpected:
-            raise CheckpointError(
-                f"{path}: not a {spec.name} text tower: {len(missing)} missing keys "
-                f"{missing[:5]}, {len(unexpected)} unexpected {unexpected[:5]}"
-            )
+        check_state_keys(state, expected, path, f"not a {spec.name} text tower")
         wrong = [k for k in expected if expected[k].shape != state[k].shape]
         if wrong:
             raise CheckpointError(

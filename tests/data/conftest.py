@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 from PIL import Image
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+from predict_helpers import dicom_dataset
 
 SHARED_DATA_DIR = (Path(__file__).resolve().parents[2] / ".." / "shared" / "data").resolve()
 
@@ -24,47 +24,13 @@ def shared_data_dir() -> Path:
     return SHARED_DATA_DIR
 
 
-def _dicom(
-    pixels: np.ndarray,
-    *,
-    slope: float | None = None,
-    intercept: float | None = None,
-    spacing: tuple[float, float] = (0.7, 0.8),
-    thickness: float = 2.5,
-    position: Sequence[float] = (-100.0, -120.0, 10.0),
-    orientation: Sequence[float] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0),
-    series_uid: str = "1.2.3.4",
-    photometric: str = "MONOCHROME2",
-) -> Dataset:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CTImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
-    ds.SeriesInstanceUID, ds.Modality = series_uid, "CT"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
-    ds.PixelRepresentation = 1 if pixels.dtype == np.int16 else 0
-    ds.PixelSpacing = [spacing[0], spacing[1]]
-    ds.SliceThickness = thickness
-    ds.ImagePositionPatient = list(position)
-    ds.ImageOrientationPatient = list(orientation)
-    if slope is not None:
-        ds.RescaleSlope, ds.RescaleIntercept = slope, intercept or 0.0
-    ds.PixelData = np.ascontiguousarray(pixels).tobytes()
-    return ds
-
-
 @pytest.fixture()
 def write_dicom() -> Callable[..., Path]:
     """write_dicom(path, pixels (H, W) uint16/int16, **tags) -> path of a real DICOM file."""
 
     def write(path: Path, pixels: np.ndarray, **tags: object) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
-        _dicom(pixels, **tags).save_as(path, enforce_file_format=True)  # type: ignore[arg-type]
+        dicom_dataset(pixels, **tags).save_as(path, enforce_file_format=True)  # type: ignore[arg-type]
         return path
 
     return write

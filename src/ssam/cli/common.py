@@ -1,10 +1,13 @@
-"""Option handling shared by the commands that read a training config."""
+"""Option handling shared by the commands: training configs, and loading a model to predict."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from ssam.config.data import IntensityConfig
 from ssam.config.train import TrainConfig, load_train_config
+from ssam.errors import ConfigError
+from ssam.predictor import SSAMPredictor
 
 
 def quick_dataset_overrides(data: Path, label: str | None) -> list[str]:
@@ -32,3 +35,58 @@ def build_config(
     fields["model.sam_checkpoint"] = sam_checkpoint and str(sam_checkpoint)
     fields["model.clip_checkpoint"] = clip_checkpoint and str(clip_checkpoint)
     return load_train_config(config, list(overrides), **fields)
+
+
+def build_intensity(
+    preset: str, level: float | None, width: float | None
+) -> IntensityConfig | None:
+    """``auto`` -> None (chosen per input); else the preset, with a CT window if given."""
+    if preset == "auto":
+        if level is not None or width is not None:
+            raise ConfigError("--window-level/--window-width need --intensity ct")
+        return None
+    return IntensityConfig(preset=preset, window_level=level, window_width=width)
+
+
+def load_predictor(
+    adapter: Path | None,
+    merged: Path | None,
+    sam_checkpoint: Path | None,
+    clip_checkpoint: Path | None,
+    device: str,
+    allow_download: bool,
+    **kwargs,
+) -> SSAMPredictor:
+    """A predictor from an adapter (plus base files) or from a merged checkpoint."""
+    if (adapter is None) == (merged is None):
+        raise ConfigError("give exactly one of --adapter and --merged")
+    if merged is not None:
+        return SSAMPredictor.from_merged(merged, None, clip_checkpoint, device, **kwargs)
+    return SSAMPredictor.from_adapter(
+        adapter, sam_checkpoint, clip_checkpoint, device, allow_download, **kwargs
+    )
+
+
+def load_option_predictor(
+    adapter: Path | None,
+    merged: Path | None,
+    sam_checkpoint: Path | None,
+    clip_checkpoint: Path | None,
+    device: str,
+    offline: bool,
+    intensity: str,
+    batch_size: int,
+    window: tuple[float | None, float | None] = (None, None),
+) -> SSAMPredictor:
+    """The predictor that --adapter/--merged, --offline, --intensity (with a CT ``window`` of
+    level and width) and --batch-size describe: the model of ``ssam predict`` and ``serve``."""
+    return load_predictor(
+        adapter,
+        merged,
+        sam_checkpoint,
+        clip_checkpoint,
+        device,
+        not offline,
+        intensity=build_intensity(intensity, *window),
+        batch_size=batch_size,
+    )

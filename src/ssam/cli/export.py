@@ -8,7 +8,8 @@ import numpy as np
 import typer
 from rich.console import Console
 
-from ssam.cli.predict import load_predictor, parse_labels
+from ssam.cli.common import load_predictor
+from ssam.cli.predict import parse_labels
 from ssam.config.data import IntensityConfig
 from ssam.data.io import read_image
 from ssam.data.transforms import scale_intensity

@@ -8,11 +8,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ssam.config.data import IntensityConfig
+from ssam.cli.common import load_option_predictor
 from ssam.errors import ConfigError
 from ssam.predict_files import CaseOutcome, PredictOptions, predict_cases
 from ssam.prediction_inputs import discover_cases
-from ssam.predictor import SSAMPredictor
 
 
 def parse_labels(values: list[str] | None) -> tuple[str, ...] | None:
@@ -23,36 +22,6 @@ def parse_labels(values: list[str] | None) -> tuple[str, ...] | None:
     if not names:
         raise ConfigError("the label list is empty: name at least one label with --label")
     return names
-
-
-def build_intensity(
-    preset: str, level: float | None, width: float | None
-) -> IntensityConfig | None:
-    """``auto`` -> None (chosen per input); else the preset, with a CT window if given."""
-    if preset == "auto":
-        if level is not None or width is not None:
-            raise ConfigError("--window-level/--window-width need --intensity ct")
-        return None
-    return IntensityConfig(preset=preset, window_level=level, window_width=width)
-
-
-def load_predictor(
-    adapter: Path | None,
-    merged: Path | None,
-    sam_checkpoint: Path | None,
-    clip_checkpoint: Path | None,
-    device: str,
-    allow_download: bool,
-    **kwargs,
-) -> SSAMPredictor:
-    """A predictor from an adapter (plus base files) or from a merged checkpoint."""
-    if (adapter is None) == (merged is None):
-        raise ConfigError("give exactly one of --adapter and --merged")
-    if merged is not None:
-        return SSAMPredictor.from_merged(merged, None, clip_checkpoint, device, **kwargs)
-    return SSAMPredictor.from_adapter(
-        adapter, sam_checkpoint, clip_checkpoint, device, allow_download, **kwargs
-    )
 
 
 def print_summary(outcomes: list[CaseOutcome], console: Console) -> None:
@@ -113,15 +82,16 @@ def predict_entry(
     Exits with status 1 when any case failed (the summary names each with its reason).
     """
     labels = parse_labels(label)
-    predictor = load_predictor(
+    predictor = load_option_predictor(
         adapter,
         merged,
         sam_checkpoint,
         clip_checkpoint,
         device,
-        not offline,
-        intensity=build_intensity(intensity, window_level, window_width),
-        batch_size=batch_size,
+        offline,
+        intensity,
+        batch_size,
+        (window_level, window_width),
     )
     cases, problems = discover_cases(inputs)
     options = PredictOptions(

@@ -8,7 +8,7 @@ import typer
 from rich.console import Console
 
 from ssam.adapter import read_adapter
-from ssam.cli.predict import build_intensity, load_predictor
+from ssam.cli.common import load_option_predictor
 from ssam.errors import ConfigError
 from ssam.web.settings import MIB, ServerSettings
 
@@ -76,15 +76,8 @@ def serve_entry(
     warn_if_exposed(host, console)
     if adapter is None and merged is None:
         raise ConfigError("give --adapter (with --sam-checkpoint) or --merged")
-    predictor = load_predictor(
-        adapter,
-        merged,
-        sam_checkpoint,
-        clip_checkpoint,
-        device,
-        not offline,
-        intensity=build_intensity(intensity, None, None),
-        batch_size=batch_size,
+    predictor = load_option_predictor(
+        adapter, merged, sam_checkpoint, clip_checkpoint, device, offline, intensity, batch_size
     )
     app = create_app(predictor, settings, model_info(adapter, merged))
     console.print(f"S-SAM on http://{host}:{port}  (labels: {', '.join(predictor.trained_labels)})")

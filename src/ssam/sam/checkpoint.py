@@ -10,6 +10,7 @@ import os
 import pickle
 import re
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -147,19 +148,34 @@ def adapt_state_dict(state: StateDict, model: nn.Module) -> StateDict:
     return out
 
 
+def check_state_keys(
+    state: Mapping[str, object],
+    expected: Mapping[str, object],
+    path: str | Path,
+    what: str,
+    error: type[Exception] = CheckpointError,
+) -> None:
+    """Raise ``error`` when the keys of ``state`` (read from ``path``) differ from ``expected``.
+
+    The message names the file, ``what`` it should hold, and how many keys are missing and
+    unexpected, with the first five of each.
+    """
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise error(
+            f"{path}: {what}: {len(missing)} missing {missing[:5]}, "
+            f"{len(unexpected)} unexpected {unexpected[:5]}"
+        )
+
+
 def load_sam_weights(sam: nn.Module, path: str | Path, spec: SamSpec) -> None:
     """Load the official-layout checkpoint at ``path`` into ``sam`` (strict), fitted to its size."""
     state = read_state_dict(path)
     check_variant(state, spec, path)
     state = adapt_state_dict(state, sam)
     expected = sam.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{path}: keys do not match SAM {spec.name}: {len(missing)} missing "
-            f"{missing[:5]}, {len(unexpected)} unexpected {unexpected[:5]}"
-        )
+    check_state_keys(state, expected, path, f"keys do not match SAM {spec.name}")
     wrong = [k for k in expected if expected[k].shape != state[k].shape]
     if wrong:
         k = wrong[0]

@@ -87,7 +87,9 @@ SAM_VARIANTS: dict[str, SamSpec] = {
         mask_in_chans=4,
     ),
     # The offline demo's foundation model: small enough to pre-train on 2 CPU cores in a
-    # minute, at its own 128-pixel input (8x8 tokens: windows of 8 are global attention).
+    # minute, at its own 128-pixel input. Patches of 8 pixels give it SAM's 16x16 token grid
+    # at 256 (and a 32x32 mask), which small structures such as a lesion need; windowed
+    # blocks see 8x8 tokens, the other two the whole grid.
     "demo": SamSpec(
         "demo",
         encoder_embed_dim=64,
@@ -101,6 +103,7 @@ SAM_VARIANTS: dict[str, SamSpec] = {
         mask_in_chans=4,
         window_size=8,
         pretrain_image_size=128,
+        patch_size=8,
     ),
 }
 
