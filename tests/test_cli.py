@@ -1,6 +1,8 @@
 """The console command, run in-process through Typer's test runner."""
 
 import re
+import subprocess
+import sys
 
 from typer.testing import CliRunner
 
@@ -53,3 +55,31 @@ def test_info_loads_base_and_checks_adapter(tiny_model, tiny_checkpoint, tmp_pat
     assert result.exit_code == 0, result.output
     assert tiny_model.base_info.base_sha256 in result.output
     assert "['polyp']" in result.output
+
+
+def test_command_line_starts_without_the_model_libraries():
+    """`ssam --help` (and every command's) answers at once: the commands import torch, MONAI
+    and the model code only when they run."""
+    probe = (
+        "import sys; from ssam.cli.main import app; "
+        "heavy = sorted({'torch', 'numpy', 'monai', 'segment_anything'} & set(sys.modules)); "
+        "print(','.join(heavy))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert loaded.stdout.strip() == ""
+    for command in (
+        "demo",
+        "params",
+        "info",
+        "predict",
+        "merge",
+        "export",
+        "train",
+        "evaluate",
+        "serve",
+    ):
+        result = runner.invoke(app, [command, "--help"])
+        assert result.exit_code == 0, (command, result.output)
+        assert "Usage" in result.output

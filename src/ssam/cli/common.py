@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ssam.config.data import IntensityConfig
-from ssam.config.train import TrainConfig, load_train_config
 from ssam.errors import ConfigError
-from ssam.predictor import SSAMPredictor
+
+if TYPE_CHECKING:
+    from ssam.config.data import IntensityConfig
+    from ssam.config.train import TrainConfig
+    from ssam.predictor import SSAMPredictor
 
 
 def quick_dataset_overrides(data: Path, label: str | None) -> list[str]:
@@ -30,6 +33,8 @@ def build_config(
     **fields,
 ) -> TrainConfig:
     """The training config from a YAML file and/or --data/--label, then --set overrides."""
+    from ssam.config.train import load_train_config
+
     if data is not None:
         overrides = quick_dataset_overrides(data, label) + list(overrides)
     fields["model.sam_checkpoint"] = sam_checkpoint and str(sam_checkpoint)
@@ -41,6 +46,8 @@ def build_intensity(
     preset: str, level: float | None, width: float | None
 ) -> IntensityConfig | None:
     """``auto`` -> None (chosen per input); else the preset, with a CT window if given."""
+    from ssam.config.data import IntensityConfig
+
     if preset == "auto":
         if level is not None or width is not None:
             raise ConfigError("--window-level/--window-width need --intensity ct")
@@ -58,6 +65,8 @@ def load_predictor(
     **kwargs,
 ) -> SSAMPredictor:
     """A predictor from an adapter (plus base files) or from a merged checkpoint."""
+    from ssam.predictor import SSAMPredictor
+
     if (adapter is None) == (merged is None):
         raise ConfigError("give exactly one of --adapter and --merged")
     if merged is not None:

@@ -6,8 +6,6 @@ from pathlib import Path
 
 import typer
 
-from ssam.demo import DemoOptions, run_demo
-
 
 def demo_entry(
     output_dir: Path = typer.Option(
@@ -22,6 +20,8 @@ def demo_entry(
     seed: int = typer.Option(0, help="seed of phantoms, initialisation and training"),
 ) -> None:
     """Show S-SAM working end to end, offline: data, training, metrics, predictions."""
+    from ssam.demo import DemoOptions, run_demo
+
     options = DemoOptions(
         output_dir=output_dir, quick=quick, seed=seed, data=data, label=label,
         sam_checkpoint=sam_checkpoint, clip_checkpoint=clip_checkpoint, variant=model,

@@ -6,10 +6,6 @@ from pathlib import Path
 
 import typer
 
-from ssam.cli.common import build_config
-from ssam.evaluate import evaluate
-from ssam.metrics import EMPTY_GT_POLICY
-
 
 def evaluate_entry(
     config: Path | None = typer.Argument(None, help="the training config (datasets and split)"),
@@ -24,6 +20,10 @@ def evaluate_entry(
     set_: list[str] = typer.Option([], "--set", help="override any setting: key=value"),
 ) -> None:
     """Score an adapter at the original resolution (volumes as volumes, HD95 in mm)."""
+    from ssam.cli.common import build_config
+    from ssam.evaluate import evaluate
+    from ssam.metrics import EMPTY_GT_POLICY
+
     if split not in ("train", "val", "test"):
         raise typer.BadParameter(f"split must be train, val or test, not {split!r}")
     cfg = build_config(config, data, label, set_, sam_checkpoint, clip_checkpoint)

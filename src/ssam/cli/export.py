@@ -3,24 +3,28 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
 import typer
 from rich.console import Console
 
-from ssam.cli.common import load_predictor
 from ssam.cli.predict import parse_labels
-from ssam.config.data import IntensityConfig
-from ssam.data.io import read_image
-from ssam.data.transforms import scale_intensity
 from ssam.errors import ConfigError
-from ssam.export import check_onnx, export_onnx
+
+if TYPE_CHECKING:
+    import numpy as np
 
 TOLERANCE = 1e-3
 
 
 def load_check_image(path: Path | None, size: int) -> tuple[np.ndarray, str]:
     """(C, H, W) in 0-255 from ``path`` (a 2D file), or a seeded random image."""
+    import numpy as np
+
+    from ssam.config.data import IntensityConfig
+    from ssam.data.io import read_image
+    from ssam.data.transforms import scale_intensity
+
     if path is None:
         rng = np.random.default_rng(0)
         return rng.uniform(0, 255, (3, size, size)).astype(np.float32), "a random image"
@@ -52,6 +56,9 @@ def export_entry(
 ) -> None:
     """Export the image encoder and mask decoder (adapter merged) and check them against
     PyTorch in onnxruntime; exits with status 1 if logits differ by 1e-3 or more."""
+    from ssam.cli.common import load_predictor
+    from ssam.export import check_onnx, export_onnx
+
     if not onnx:
         raise ConfigError("choose an export format: --onnx")
     predictor = load_predictor(adapter, merged, sam_checkpoint, clip_checkpoint, "cpu", not offline)

@@ -7,11 +7,6 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from ssam.adapter import load_adapter
-from ssam.config.model import ModelConfig
-from ssam.factory import create_model
-from ssam.methods import configure_trainable
-
 
 def info_entry(
     model: str = typer.Option("vit_b", "--model", help="SAM variant"),
@@ -23,6 +18,11 @@ def info_entry(
     offline: bool = typer.Option(False, help="never download"),
 ) -> None:
     """Load and verify a base checkpoint (and an adapter on it); print what was loaded."""
+    from ssam.adapter import load_adapter
+    from ssam.config.model import ModelConfig
+    from ssam.factory import create_model
+    from ssam.methods import configure_trainable
+
     config = ModelConfig(
         variant=model,
         image_size=image_size,

@@ -7,8 +7,6 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from ssam.merge import merge_adapter
-
 
 def merge_entry(
     adapter: Path = typer.Option(..., help="adapter file (.safetensors)"),
@@ -20,6 +18,8 @@ def merge_entry(
     """Write OUTPUT (SAM's own key layout, loadable by segment_anything at input size 1024)
     and OUTPUT's companion NAME.ssam.safetensors (text-affine layer, trained labels' CLIP
     features, config with the input size)."""
+    from ssam.merge import merge_adapter
+
     files = merge_adapter(adapter, output, sam_checkpoint, clip_checkpoint, not offline)
     console = Console()
     console.print(f"merged checkpoint: {files.checkpoint}")

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from ssam.config.model import ModelConfig
-from ssam.factory import count_sam_parameters, create_architecture
-from ssam.methods import configure_trainable
+if TYPE_CHECKING:
+    from ssam.config.model import ModelConfig
 
 
 def compute_parameter_report(config: ModelConfig) -> dict:
     """Trainable count per group, total, and share of the official SAM variant's parameters."""
+    from ssam.factory import count_sam_parameters, create_architecture
+    from ssam.methods import configure_trainable
+
     model = create_architecture(config)
     groups = configure_trainable(model, config.method)
     total = sum(groups.values())
@@ -34,6 +38,8 @@ def params_entry(
     method: str = typer.Option("ssam", "--method", help="fine-tuning method"),
 ) -> None:
     """Print the trainable parameters of a method, per group, and their share of SAM's."""
+    from ssam.config.model import ModelConfig
+
     config = ModelConfig(variant=model, image_size=image_size, method=method)
     report = compute_parameter_report(config)
     table = Table(title=f"{method} on SAM {model} at {image_size}x{image_size}")

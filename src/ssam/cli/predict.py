@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from ssam.cli.common import load_option_predictor
 from ssam.errors import ConfigError
-from ssam.predict_files import CaseOutcome, PredictOptions, predict_cases
-from ssam.prediction_inputs import discover_cases
+
+if TYPE_CHECKING:
+    from ssam.predict_files import CaseOutcome
 
 
 def parse_labels(values: list[str] | None) -> tuple[str, ...] | None:
@@ -81,6 +82,10 @@ def predict_entry(
 
     Exits with status 1 when any case failed (the summary names each with its reason).
     """
+    from ssam.cli.common import load_option_predictor
+    from ssam.predict_files import CaseOutcome, PredictOptions, predict_cases
+    from ssam.prediction_inputs import discover_cases
+
     labels = parse_labels(label)
     predictor = load_option_predictor(
         adapter,

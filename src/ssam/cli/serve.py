@@ -7,14 +7,14 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from ssam.adapter import read_adapter
-from ssam.cli.common import load_option_predictor
 from ssam.errors import ConfigError
 from ssam.web.settings import MIB, ServerSettings
 
 
 def model_info(adapter: Path | None, merged: Path | None) -> dict:
     """What ``GET /v1/labels`` tells about the model: file name and training settings."""
+    from ssam.adapter import read_adapter
+
     if adapter is None:
         return {"merged": merged.name if merged is not None else None}
     _, config = read_adapter(adapter)
@@ -57,6 +57,7 @@ def serve_entry(
     log_level: str = typer.Option("info", help="uvicorn log level"),
 ) -> None:
     """Serve the web page and HTTP API: segment uploads by label name in a browser."""
+    from ssam.cli.common import load_option_predictor
     from ssam.web.app import create_app
     from ssam.web.server import build_server
 

@@ -8,9 +8,6 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from ssam.cli.common import build_config
-from ssam.train import train
-
 
 def train_entry(
     config: Path | None = typer.Argument(None, help="YAML training config (see configs/)"),
@@ -26,6 +23,9 @@ def train_entry(
     set_: list[str] = typer.Option([], "--set", help="override any setting: key=value"),
 ) -> None:
     """Train S-SAM on your data; writes adapters, logs and a resumable state."""
+    from ssam.cli.common import build_config
+    from ssam.train import train
+
     cfg = build_config(
         config,
         data,
