@@ -34,10 +34,29 @@ def test_features_are_cached_per_label():
     again = encoder.encode(["kidney", " liver "])  # whitespace does not make a new label
     assert len(calls) == 2
     assert torch.equal(again[1], first[0])
-    assert encoder.cached_labels() == ["liver", "kidney"]
+    assert encoder.cached_labels() == ["kidney", "liver"]  # least recently used first
     assert not any(p.requires_grad for p in encoder.parameters())
     with pytest.raises(ValueError, match="empty"):
         encoder.encode(["  "])
+
+
+def test_feature_cache_is_bounded_and_evicts_least_recently_used():
+    torch.manual_seed(0)
+    encoder = build_text_encoder("tiny", None)
+    encoder.max_cached = 2
+    calls = []
+    encoder.tower.register_forward_hook(lambda *a: calls.append(1))
+    liver = encoder.encode(["liver"])
+    encoder.encode(["kidney"])
+    encoder.encode(["liver"])  # used again: now the most recent
+    encoder.encode(["spleen"])  # evicts kidney, the least recent
+    assert encoder.cached_labels() == ["liver", "spleen"] and len(calls) == 3
+    assert torch.equal(encoder.encode(["liver"]), liver) and len(calls) == 3
+    # More new names in one call than the cache holds: all are returned, the last ones kept.
+    many = encoder.encode(["a", "b", "c", "a"])
+    assert many.shape == (4, 512) and torch.equal(many[0], many[3])
+    assert encoder.cached_labels() == ["b", "c"]
+    assert torch.equal(encoder.encode(["kidney"]), encoder.encode(["kidney"]))
 
 
 def test_features_equal_open_clip_encode_text():

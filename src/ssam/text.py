@@ -8,6 +8,7 @@ computed once per distinct label name and cached, so training steps never run CL
 from __future__ import annotations
 
 import zipfile
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -141,14 +142,23 @@ def normalise_label(name: str) -> str:
 
 
 class TextEncoder(nn.Module):
-    """Frozen CLIP text tower with a per-label feature cache. names -> (N, embed_dim) float32."""
+    """Frozen CLIP text tower with a per-label feature cache. names -> (N, embed_dim) float32.
 
-    def __init__(self, tower: nn.Module, tokenizer, spec: TextEncoderSpec) -> None:
+    The cache keeps the ``max_cached`` most recently used names (2 KB each for CLIP ViT-B/32),
+    so a server asked for ever new names does not grow without bound.
+    """
+
+    def __init__(
+        self, tower: nn.Module, tokenizer, spec: TextEncoderSpec, max_cached: int = 4096
+    ) -> None:
         super().__init__()
+        if max_cached < 1:
+            raise ValueError(f"max_cached must be >= 1, got {max_cached}")
         self.tower = tower.eval().requires_grad_(False)
         self.tokenizer = tokenizer
         self.spec = spec
-        self._features: dict[str, torch.Tensor] = {}
+        self.max_cached = max_cached
+        self._features: OrderedDict[str, torch.Tensor] = OrderedDict()
 
     @property
     def embed_dim(self) -> int:
@@ -166,14 +176,21 @@ class TextEncoder(nn.Module):
     def encode(self, names: Sequence[str], device: torch.device | str | None = None):
         """CLIP features of ``names`` (N, D), computing only names not seen before."""
         keys = [normalise_label(n) for n in names]
-        missing = [k for k in dict.fromkeys(keys) if k not in self._features]
         tower_device = next(self.tower.parameters()).device
-        for key in missing:
-            # One name per forward: a label's features must not depend on which other names
-            # happened to be encoded with it (batched kernels differ in the last bits).
-            tokens = self.tokenizer([key]).to(tower_device)
-            self._features[key] = self.tower(tokens).float().cpu()[0]
-        out = torch.stack([self._features[k] for k in keys])
+        found = {}
+        for key in dict.fromkeys(keys):
+            features = self._features.get(key)
+            if features is None:
+                # One name per forward: a label's features must not depend on which other names
+                # happened to be encoded with it (batched kernels differ in the last bits).
+                tokens = self.tokenizer([key]).to(tower_device)
+                features = self.tower(tokens).float().cpu()[0]
+            found[key] = features
+            self._features[key] = features
+            self._features.move_to_end(key)
+            while len(self._features) > self.max_cached:
+                self._features.popitem(last=False)
+        out = torch.stack([found[k] for k in keys])
         return out.to(device) if device is not None else out
 
 
