@@ -8,8 +8,6 @@ About 1.8 MB for ViT-B at 256.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,6 +16,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from ssam.atomic import atomic_path
 from ssam.errors import AdapterError
 from ssam.sam.checkpoint import check_state_keys
 
@@ -54,14 +53,8 @@ def save_adapter(model: nn.Module, path: str | Path, labels: Sequence[str] = (),
     """Write the adapter of ``model`` to ``path`` (.safetensors) atomically."""
     path = Path(path)
     config = build_adapter_config(model, labels, **extra)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         save_file(adapter_state_dict(model), tmp, metadata={_META_KEY: json.dumps(config)})
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
     return path
 
 

@@ -21,8 +21,6 @@ trained labels (other label names need the CLIP weights: ``clip_checkpoint=``).
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +30,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from ssam.atomic import atomic_path
 from ssam.errors import CheckpointError, ConfigError
 from ssam.factory import BaseInfo, _build_text
 from ssam.loading import load_adapted_model, model_config_from_adapter
@@ -166,13 +165,8 @@ def save_merged(
     tensors[_FEATURES_KEY] = features
     companion = companion_path(checkpoint)
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    fd, tmp = tempfile.mkstemp(dir=companion.parent, prefix=f".{companion.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(companion) as tmp:
         save_file(tensors, tmp, metadata={_META_KEY: json.dumps(config)})
-        os.replace(tmp, companion)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
     return MergedFiles(checkpoint, companion)
 
 

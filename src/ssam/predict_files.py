@@ -30,6 +30,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from ssam.atomic import write_bytes_atomic
 from ssam.data.io import NIFTI_SUFFIXES, file_suffix, read_image, write_label_map
 from ssam.data.properties import ImageProperties
 from ssam.data.transforms import compute_intensity_range, scale_intensity
@@ -37,7 +38,6 @@ from ssam.errors import SSAMError
 from ssam.overlay import add_legend, blend_overlay, render_volume_overlay, save_png
 from ssam.prediction_inputs import InputCase
 from ssam.predictor import Segmentation, SSAMPredictor
-from ssam.weights import write_bytes_atomic
 
 # Per-case failures that are the input's fault (or its size); anything else is a bug and stops.
 CASE_ERRORS = (SSAMError, ValueError, OSError, RuntimeError, MemoryError)

@@ -15,7 +15,6 @@ import io
 import json
 import math
 import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,32 +22,12 @@ from typing import Any
 
 import numpy as np
 
+from ssam.atomic import write_text_atomic
 from ssam.metrics import EMPTY_GT_POLICY, METRIC_NAMES
 
 __all__ = ["CORE_COLUMNS", "MetricsRow", "MetricsTable", "write_text_atomic"]
 
 CORE_COLUMNS: tuple[str, ...] = ("case_id", "label", *METRIC_NAMES, "gt_empty", "pred_empty")
-
-
-def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
-    """Write ``text`` (UTF-8) to ``path`` via a temp file in the same folder and ``os.replace``.
-
-    The parent folder is created if needed. On any error the temp file is removed and the
-    previous content of ``path`` (if any) is left untouched.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 @dataclass(frozen=True)

@@ -6,13 +6,12 @@ it is computed once per checkpoint and reloaded from ``<cache>/svd/<sha256>.safe
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from ssam.atomic import atomic_path
 from ssam.svd import SVDFactors
 from ssam.weights import get_cache_dir
 
@@ -50,11 +49,6 @@ def save_svd_factors(
         for name, f in factors.items()
         for part in _PARTS
     }
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         save_file(tensors, tmp)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
     return path

@@ -11,12 +11,12 @@ import contextlib
 import hashlib
 import json
 import os
-import tempfile
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from ssam.atomic import atomic_path, write_bytes_atomic
 from ssam.errors import CheckpointError, DownloadError
 
 _CHUNK = 1 << 20
@@ -65,46 +65,30 @@ def file_sha256(path: str | Path, cache_dir: Path | None = None) -> str:
     return index[key]
 
 
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file and an atomic rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def download_file(url: str, dest: Path, sha256: str, timeout: float = 60.0) -> Path:
     """Download ``url`` to ``dest`` and verify its SHA-256; the file appears only if it matches."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
     digest = hashlib.sha256()
     try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
+        with (
+            atomic_path(dest, suffix=".part") as tmp,
+            open(tmp, "wb") as out,
+            urllib.request.urlopen(url, timeout=timeout) as resp,
+        ):
             while chunk := resp.read(_CHUNK):
                 digest.update(chunk)
                 out.write(chunk)
-        if digest.hexdigest() != sha256.lower():
-            raise DownloadError(
-                f"{url}: SHA-256 {digest.hexdigest()} does not match the published {sha256}; "
-                "the file was discarded"
-            )
-        os.replace(tmp, dest)
+            if digest.hexdigest() != sha256.lower():
+                raise DownloadError(
+                    f"{url}: SHA-256 {digest.hexdigest()} does not match the published "
+                    f"{sha256}; the file was discarded"
+                )
+    except DownloadError:
+        raise
     except (urllib.error.URLError, OSError) as err:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(err, DownloadError):
-            raise
         raise DownloadError(
             f"could not download {url} ({err}); without internet, download it elsewhere and "
             f"pass its path, or place it at {dest}"
         ) from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return dest
 
 

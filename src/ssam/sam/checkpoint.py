@@ -6,10 +6,8 @@ would run code when unpickled is refused. Every failure is a ``CheckpointError``
 
 from __future__ import annotations
 
-import os
 import pickle
 import re
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -19,6 +17,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
+from ssam.atomic import atomic_path
 from ssam.errors import CheckpointError
 from ssam.sam.variants import SAM_VARIANTS, SamSpec
 
@@ -189,12 +188,6 @@ def load_sam_weights(sam: nn.Module, path: str | Path, spec: SamSpec) -> None:
 def save_state_dict(state: StateDict, path: str | Path) -> Path:
     """``torch.save`` a state dict atomically (temporary file, then rename); official layout."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save({k: v.detach().cpu().contiguous() for k, v in state.items()}, tmp)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
     return path

@@ -5,13 +5,12 @@ Written atomically (temporary file, then rename) and read back with ``weights_on
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from ssam.atomic import atomic_path
 from ssam.errors import CheckpointError
 
 STATE_FILE = "state.pt"
@@ -40,14 +39,8 @@ def save_training_state(
         "config": config,
         "torch_rng": torch.get_rng_state(),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
 
 
 def load_training_state(path: Path) -> dict:
