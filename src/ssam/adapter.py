@@ -22,7 +22,7 @@ from ssam.sam.checkpoint import check_state_keys
 
 FORMAT = "ssam-adapter"
 VERSION = 1
-_META_KEY = "ssam"
+META_KEY = "ssam"  # safetensors metadata key of the JSON config (adapters, merged companions)
 # Base properties that must agree between an adapter and the model it is loaded on.
 _MUST_MATCH = ("variant", "image_size", "method", "text_encoder", "base_sha256", "text_sha256")
 
@@ -54,28 +54,37 @@ def save_adapter(model: nn.Module, path: str | Path, labels: Sequence[str] = (),
     path = Path(path)
     config = build_adapter_config(model, labels, **extra)
     with atomic_path(path) as tmp:
-        save_file(adapter_state_dict(model), tmp, metadata={_META_KEY: json.dumps(config)})
+        save_file(adapter_state_dict(model), tmp, metadata={META_KEY: json.dumps(config)})
     return path
 
 
-def read_adapter(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
-    """(tensors, config) of an adapter file; AdapterError if it is not one."""
+def read_tagged_safetensors(
+    path: str | Path, fmt: str, error: type[Exception], what: str
+) -> tuple[dict[str, torch.Tensor], dict]:
+    """(tensors, config) of a safetensors file whose metadata holds a JSON config (under
+    ``"ssam"``) with ``"format": fmt``; otherwise ``error`` naming the file and ``what`` it
+    should have been."""
     path = Path(path)
     if not path.is_file():
-        raise AdapterError(f"{path}: adapter file not found")
+        raise error(f"{path}: {what} file not found")
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             meta = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError, ValueError) as err:
-        raise AdapterError(f"{path}: not a readable adapter (safetensors) file: {err}") from None
+        raise error(f"{path}: not a readable {what} (safetensors) file: {err}") from None
     try:
-        config = json.loads(meta[_META_KEY])
+        config = json.loads(meta[META_KEY])
     except (KeyError, ValueError):
-        raise AdapterError(f"{path}: safetensors file without an S-SAM adapter config") from None
-    if config.get("format") != FORMAT:
-        raise AdapterError(f"{path}: format {config.get('format')!r} is not {FORMAT!r}")
+        raise error(f"{path}: safetensors file without an S-SAM {what} config") from None
+    if config.get("format") != fmt:
+        raise error(f"{path}: format {config.get('format')!r} is not {fmt!r}")
     return tensors, config
+
+
+def read_adapter(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """(tensors, config) of an adapter file; AdapterError if it is not one."""
+    return read_tagged_safetensors(path, FORMAT, AdapterError, "adapter")
 
 
 def check_adapter_base(config: dict, model: nn.Module, path: str | Path) -> None:

@@ -26,10 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from ssam.adapter import META_KEY, read_tagged_safetensors
 from ssam.atomic import atomic_path
 from ssam.errors import CheckpointError, ConfigError
 from ssam.factory import BaseInfo, _build_text
@@ -48,7 +48,6 @@ MERGED_FORMAT = "ssam-merged"
 MERGED_VERSION = 1
 COMPANION_SUFFIX = ".ssam.safetensors"
 SAM_PREFIXES = ("image_encoder.", "prompt_encoder.", "mask_decoder.")
-_META_KEY = "ssam"
 _FEATURES_KEY = "label_features"
 
 # Method.inject -> function folding that injection into plain layers, in place.
@@ -166,7 +165,7 @@ def save_merged(
     companion = companion_path(checkpoint)
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     with atomic_path(companion) as tmp:
-        save_file(tensors, tmp, metadata={_META_KEY: json.dumps(config)})
+        save_file(tensors, tmp, metadata={META_KEY: json.dumps(config)})
     return MergedFiles(checkpoint, companion)
 
 
@@ -193,19 +192,9 @@ def merge_adapter(
 
 def read_companion(path: Path | str) -> tuple[dict[str, torch.Tensor], dict]:
     """(tensors, config) of a companion file; ``CheckpointError`` if it is not one."""
-    path = Path(path)
-    if not path.is_file():
+    if not Path(path).is_file():
         raise CheckpointError(f"{path}: companion file of the merged model not found")
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as handle:
-            meta = handle.metadata() or {}
-            tensors = {k: handle.get_tensor(k) for k in handle.keys()}
-        config = json.loads(meta[_META_KEY])
-    except (SafetensorError, OSError, ValueError, KeyError) as err:
-        raise CheckpointError(f"{path}: not an S-SAM merged-model companion ({err})") from None
-    if config.get("format") != MERGED_FORMAT:
-        raise CheckpointError(f"{path}: format {config.get('format')!r} is not {MERGED_FORMAT!r}")
-    return tensors, config
+    return read_tagged_safetensors(path, MERGED_FORMAT, CheckpointError, "merged-model companion")
 
 
 def _check_grid(state: dict[str, torch.Tensor], config: dict, path: Path) -> None:
