@@ -142,12 +142,6 @@ class LoRALinear(nn.Module):
         )
 
 
-def _replace_module(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, module)
-
-
 def inject_lora(
     model: nn.Module,
     rank: int,
@@ -169,7 +163,7 @@ def inject_lora(
             raise ValueError(f"no nn.Linear layer matches the LoRA target {target.pattern!r}")
         for name in names:
             layer = LoRALinear(model.get_submodule(name), rank, alpha, target.parts, target.adapted)
-            _replace_module(model, name, layer)
+            model.set_submodule(name, layer)
             wrapped.append(name)
     return wrapped
 
@@ -183,5 +177,5 @@ def iter_lora_layers(model: nn.Module) -> Iterator[tuple[str, LoRALinear]]:
 def merge_lora(model: nn.Module) -> nn.Module:
     """Fold every LoRA layer of ``model`` into a plain ``nn.Linear``, in place; returns it."""
     for name, layer in list(iter_lora_layers(model)):
-        _replace_module(model, name, layer.merge())
+        model.set_submodule(name, layer.merge())
     return model

@@ -114,7 +114,6 @@ class SSAMPredictor:
         self.trained_labels = tuple(normalise_label(n) for n in trained_labels)
         self.intensity = intensity
         self.batch_size = batch_size
-        self._tokens: dict[tuple[str, ...], torch.Tensor] = {}
 
     @classmethod
     def from_adapter(
@@ -183,11 +182,9 @@ class SSAMPredictor:
 
     @torch.inference_mode()
     def label_tokens(self, labels: Sequence[str]) -> torch.Tensor:
-        """Prompt tokens (L, 1, C) of resolved label names, computed once per label set."""
-        key = tuple(labels)
-        if key not in self._tokens:
-            self._tokens[key] = self.model.label_tokens(list(key))
-        return self._tokens[key]
+        """Prompt tokens (L, 1, C) of resolved label names. The text encoder caches each name's
+        CLIP features; the text-affine layer on top costs next to nothing."""
+        return self.model.label_tokens(list(labels))
 
     @torch.inference_mode()
     def predict_logits(self, images: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:

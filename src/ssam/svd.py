@@ -276,12 +276,6 @@ def find_targets(model: nn.Module, patterns: Iterable[str]) -> list[str]:
     ]
 
 
-def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, module)
-
-
 def inject_svd(
     model: nn.Module,
     patterns: Iterable[str] = DEFAULT_TARGETS,
@@ -318,7 +312,7 @@ def inject_svd(
         else:
             svd_layer = SVDConv2d.from_conv(layer, known)
         factors[name] = svd_layer.factors()
-        _set_submodule(model, name, svd_layer)
+        model.set_submodule(name, svd_layer)
     return factors
 
 
@@ -331,7 +325,7 @@ def iter_svd_layers(model: nn.Module) -> Iterator[tuple[str, _SVDLayer]]:
 def merge_svd(model: nn.Module) -> nn.Module:
     """Fold every SVD-tuned layer of ``model`` into a plain layer, in place; returns ``model``."""
     for name, layer in list(iter_svd_layers(model)):
-        _set_submodule(model, name, layer.merge())
+        model.set_submodule(name, layer.merge())
     return model
 
 
