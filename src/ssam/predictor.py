@@ -30,6 +30,7 @@ from ssam.data.properties import ImageProperties, normalize_axis
 from ssam.data.transforms import (
     compute_intensity_range,
     preprocess_image,
+    resolve_intensity,
     restore_to_original,
     scale_intensity,
 )
@@ -83,13 +84,6 @@ class Segmentation:
         return compute_label_sizes(self.label_map, self.labels, spacing, self.is_volume)
 
 
-def choose_intensity(image: np.ndarray, properties: ImageProperties) -> IntensityConfig:
-    """Default 0-255 mapping by dtype: uint8 as is, else min-max (2D) or percentiles (3D)."""
-    if image.dtype == np.uint8:
-        return IntensityConfig(preset="rgb")
-    return IntensityConfig(preset="minmax" if properties.is_2d else "mri")
-
-
 class SSAMPredictor:
     """Runs an S-SAM model (adapted or merged) on images and volumes, by label name.
 
@@ -97,7 +91,7 @@ class SSAMPredictor:
         model: an ``SSAM`` (moved to eval mode, gradients off).
         trained_labels: the names the model was trained on (the default label set; other
             names are allowed and raise an ``UnknownLabelWarning``).
-        intensity: 0-255 mapping; None: chosen per input by ``choose_intensity``.
+        intensity: 0-255 mapping; None or preset "auto": chosen per input by its type.
         batch_size: slices per image-encoder call.
     """
 
@@ -304,8 +298,8 @@ class SSAMPredictor:
         )
 
     def intensity_for(self, image: np.ndarray, properties: ImageProperties) -> IntensityConfig:
-        """The 0-255 mapping used for ``image``: the configured one or ``choose_intensity``."""
-        return self.intensity or choose_intensity(image, properties)
+        """The 0-255 mapping used for ``image``: the configured one, or the "auto" rule."""
+        return resolve_intensity(self.intensity, image, properties.is_2d)
 
     @torch.inference_mode()
     def _predict_volume(

@@ -91,6 +91,17 @@ def test_volume_slices_along_the_chosen_axis_and_are_cached(shared_data_dir, mon
     assert reads == {"patient07": 1}
 
 
+def test_default_intensity_maps_a_raw_volume_by_its_percentiles(shared_data_dir):
+    # Raw MRI (float, not 0-255): "auto" must not clip it to 0-255 as "rgb" would.
+    cases = discover_nnunet_cases(shared_data_dir / "ms-lesions-mri", channels=["FLAIR"])[:1]
+    auto = SegmentationSamples(cases, 64, neg_ratio=0.0)
+    mri = SegmentationSamples(cases, 64, intensity=IntensityConfig(preset="mri"), neg_ratio=0.0)
+    rgb = SegmentationSamples(cases, 64, intensity=IntensityConfig(preset="rgb"), neg_ratio=0.0)
+    index = len(auto) // 2
+    assert torch.equal(auto[index]["image"], mri[index]["image"])
+    assert not torch.equal(auto[index]["image"], rgb[index]["image"])
+
+
 def test_same_seed_same_samples_and_epoch_changes_augmentation(tmp_path, make_nnunet_3d):
     cases = discover_nnunet_cases(make_nnunet_3d(tmp_path / "ds", n=2))
     kwargs = dict(

@@ -17,6 +17,7 @@ from ssam.data.transforms import (
     preprocess_mask,
     preprocess_pair,
     resized_shape,
+    resolve_intensity,
     restore_to_original,
     scale_intensity,
 )
@@ -25,8 +26,22 @@ from ssam.data.transforms import (
 def test_rgb_preset_passes_uint8_through():
     image = np.arange(256, dtype=np.uint8).reshape(1, 16, 16)
     np.testing.assert_array_equal(
-        scale_intensity(image, IntensityConfig()), image.astype(np.float32)
+        scale_intensity(image, IntensityConfig(preset="rgb")), image.astype(np.float32)
     )
+
+
+def test_auto_preset_is_resolved_by_type_and_dimensionality():
+    hu = np.linspace(-1000, 1500, 2 * 8 * 8 * 4).reshape(2, 8, 8, 4).astype(np.int16)
+    auto = IntensityConfig()
+    assert auto.preset == "auto"
+    assert resolve_intensity(auto, hu.astype(np.uint8), is_2d=True).preset == "rgb"
+    assert resolve_intensity(None, hu[..., :1], is_2d=True).preset == "minmax"
+    assert resolve_intensity(auto, hu, is_2d=False).preset == "mri"
+    window = IntensityConfig(preset="ct", window_level=40, window_width=400)
+    assert resolve_intensity(window, hu, is_2d=False) is window
+    for function in (compute_intensity_range, scale_intensity):
+        with pytest.raises(ValueError, match="'auto' must be resolved"):
+            function(hu, auto)
 
 
 def test_ct_window_by_level_width_equals_min_max():

@@ -21,9 +21,8 @@ def load_check_image(path: Path | None, size: int) -> tuple[np.ndarray, str]:
     """(C, H, W) in 0-255 from ``path`` (a 2D file), or a seeded random image."""
     import numpy as np
 
-    from ssam.config.data import IntensityConfig
     from ssam.data.io import read_image
-    from ssam.data.transforms import scale_intensity
+    from ssam.data.transforms import resolve_intensity, scale_intensity
 
     if path is None:
         rng = np.random.default_rng(0)
@@ -31,8 +30,8 @@ def load_check_image(path: Path | None, size: int) -> tuple[np.ndarray, str]:
     image, properties = read_image(path)
     if not properties.is_2d:
         raise ConfigError(f"{path}: --check-image must be a 2D image")
-    preset = "rgb" if image.dtype == np.uint8 else "minmax"
-    return scale_intensity(image[..., 0], IntensityConfig(preset=preset)), str(path)
+    intensity = resolve_intensity(None, image, is_2d=True)
+    return scale_intensity(image[..., 0], intensity), str(path)
 
 
 def export_entry(

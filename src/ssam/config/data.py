@@ -8,7 +8,7 @@ Example (YAML)::
 
     path: ../shared/data/curvas-ct
     layout: nnunet
-    intensity: {preset: rgb}
+    intensity: {preset: ct, window_level: 40, window_width: 400}
     split: {val_fraction: 0.2, seed: 0, group_pattern: "^(curvas_\\d+)_"}
     neg_ratio: 1.0
 """
@@ -21,7 +21,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-IntensityPreset = Literal["rgb", "minmax", "ct", "mri"]
+IntensityPreset = Literal["auto", "rgb", "minmax", "ct", "mri"]
 
 
 class _Strict(BaseModel):
@@ -31,6 +31,9 @@ class _Strict(BaseModel):
 class IntensityConfig(_Strict):
     """How raw intensities become 0-255 before SAM's pixel normalisation.
 
+    - ``auto`` (default): chosen per image or volume by its stored type, the same rule in
+      training and prediction: uint8 as ``rgb``, other 2D images ``minmax``, other volumes
+      ``mri`` (percentiles 0.5-99.5). For CT, a ``ct`` window gives soft tissue more contrast.
     - ``rgb``: as is; uint8 passes through, uint16 is scaled by 255/65535, other dtypes are
       clipped to [0, 255].
     - ``minmax``: per channel, (x - min) / (max - min) * 255 over the whole image or volume.
@@ -40,7 +43,7 @@ class IntensityConfig(_Strict):
       then min-max to 0-255.
     """
 
-    preset: IntensityPreset = "rgb"
+    preset: IntensityPreset = "auto"
     window_level: float | None = None
     window_width: float | None = Field(default=None, gt=0)
     window_min: float | None = None

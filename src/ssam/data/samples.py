@@ -40,6 +40,7 @@ from ssam.data.transforms import (
     augmentation_rng,
     compute_intensity_range,
     preprocess_pair,
+    resolve_intensity,
     scale_intensity,
 )
 from ssam.errors import DataError
@@ -123,6 +124,7 @@ def select_sample_refs(
 class _CaseData:
     image: np.ndarray  # (C, I, J, K) stored dtype
     labels: np.ndarray  # (I, J, K)
+    intensity: IntensityConfig  # resolved (never "auto")
     value_range: tuple[np.ndarray, np.ndarray] | None
 
 
@@ -132,7 +134,8 @@ class SegmentationSamples(Dataset):
     Args:
         cases: validated cases with label maps (`ssam.data.layouts.load_cases`).
         input_size: S, the square model input.
-        intensity: 0-255 mapping; its range is computed once per case (whole volume).
+        intensity: 0-255 mapping ("auto" resolved per case); its range is computed once per
+            case (whole volume).
         augment: training augmentation, or None (validation).
         slice_axis: spatial axis (-3..2) along which volumes are sliced.
         neg_ratio, drop_background_slices: which negative pairs to keep.
@@ -200,7 +203,8 @@ class SegmentationSamples(Dataset):
             raise DataError(
                 f"{case.label_path}: shape {labels.shape} differs from image {image_props.path} {image.shape[1:]}"
             )
-        data = _CaseData(image, labels, compute_intensity_range(image, self.intensity))
+        intensity = resolve_intensity(self.intensity, image, image_props.is_2d)
+        data = _CaseData(image, labels, intensity, compute_intensity_range(image, intensity))
         self._cache[case_index] = data
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
@@ -213,7 +217,7 @@ class SegmentationSamples(Dataset):
         data = self._load(ref.case_index)
         axis = self._axes[ref.case_index]
         pixels = scale_intensity(
-            take_slice(data.image, axis, ref.slice_index), self.intensity, data.value_range
+            take_slice(data.image, axis, ref.slice_index), data.intensity, data.value_range
         )
         mask = take_slice(data.labels, axis, ref.slice_index) == case.labels[ref.label]
         rng = None if self.augment is None else augmentation_rng(self.seed, epoch, index)

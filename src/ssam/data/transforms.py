@@ -3,7 +3,8 @@
 Pipeline for one 2D image (C, H, W) of any dtype:
 
 1. `scale_intensity`: to float32 0-255 by preset (rgb / minmax / ct / mri), with the value
-   range optionally computed once per volume by `compute_intensity_range`.
+   range optionally computed once per volume by `compute_intensity_range`; preset "auto" is
+   first made concrete per image or volume by `resolve_intensity`.
 2. `preprocess_image`: grey -> 3 channels, resize the longest side to S (bilinear,
    antialiased), SAM's pixel mean/std, zero-pad bottom/right to S x S. As in SAM's own
    `Sam.preprocess`, padding is added after normalisation (padded pixels are 0 there).
@@ -41,6 +42,26 @@ class PreprocessInfo:
     input_size: int
 
 
+def resolve_intensity(
+    config: IntensityConfig | None, image: np.ndarray, is_2d: bool
+) -> IntensityConfig:
+    """The concrete mapping for ``image``: ``config``, unless it is None or preset "auto".
+
+    "auto" goes by the stored type: uint8 as is ("rgb"), other 2D images "minmax", other
+    volumes "mri" (per-channel percentiles of the whole volume).
+    """
+    if config is not None and config.preset != "auto":
+        return config
+    if image.dtype == np.uint8:
+        return IntensityConfig(preset="rgb")
+    return IntensityConfig(preset="minmax" if is_2d else "mri")
+
+
+def _check_resolved(config: IntensityConfig) -> None:
+    if config.preset == "auto":
+        raise ValueError("intensity preset 'auto' must be resolved first (resolve_intensity)")
+
+
 def compute_intensity_range(
     image: np.ndarray, config: IntensityConfig
 ) -> tuple[np.ndarray, np.ndarray] | None:
@@ -53,6 +74,7 @@ def compute_intensity_range(
     Returns:
         low, high: float64 arrays of shape (C,).
     """
+    _check_resolved(config)
     if config.preset == "rgb":
         return None
     n_channels = image.shape[0]
@@ -95,6 +117,7 @@ def scale_intensity(
     Returns:
         (C, ...) float32 in [0, 255]; a channel with high <= low becomes 0.
     """
+    _check_resolved(config)
     if config.preset == "rgb":
         return _scale_rgb(image)
     if value_range is None:
