@@ -15,8 +15,13 @@ from segment_anything.modeling import (
 
 from ssam.config.model import ModelConfig
 from ssam.factory import create_model
-from ssam.sam.build import PIXEL_MEAN, PIXEL_STD, build_sam
-from ssam.sam.checkpoint import adapt_state_dict, resize_pos_embed, resize_rel_pos
+from ssam.sam.build import PIXEL_MEAN, PIXEL_STD, build_empty_sam, build_sam
+from ssam.sam.checkpoint import (
+    adapt_state_dict,
+    load_sam_weights,
+    resize_pos_embed,
+    resize_rel_pos,
+)
 from ssam.sam.variants import SAM_VARIANTS, compute_window_size, get_sam_spec
 
 
@@ -106,6 +111,19 @@ def test_full_model_equals_official_sam_with_box_prompt(official_and_ours):
         full = ours(normalised[None], boxes=box)
     assert (low_res - out[0]["low_res_logits"]).abs().max().item() < 1e-4
     assert full.shape == (1, 1, 1024, 1024)
+
+
+def test_empty_build_then_load_equals_initialised_build(tiny_checkpoint):
+    spec = get_sam_spec("tiny")
+    reference = build_sam(spec, 256)
+    load_sam_weights(reference, tiny_checkpoint, spec)
+    empty = build_empty_sam(spec, 256)
+    load_sam_weights(empty, tiny_checkpoint, spec)
+    ours = dict(empty.named_buffers()) | dict(empty.named_parameters())
+    expected = dict(reference.named_buffers()) | dict(reference.named_parameters())
+    assert ours.keys() == expected.keys() and {"pixel_mean", "pixel_std"} <= ours.keys()
+    for name, tensor in expected.items():
+        assert ours[name].device.type == "cpu" and torch.equal(ours[name], tensor), name
 
 
 @pytest.mark.parametrize(

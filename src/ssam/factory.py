@@ -17,7 +17,7 @@ from ssam.config.model import ModelConfig
 from ssam.lora import inject_lora
 from ssam.methods import configure_trainable, get_method
 from ssam.model import SSAM
-from ssam.sam.build import build_sam
+from ssam.sam.build import build_empty_sam, build_sam
 from ssam.sam.checkpoint import load_sam_weights
 from ssam.sam.variants import get_sam_spec
 from ssam.svd import inject_svd
@@ -102,7 +102,7 @@ def create_model(
         f"SAM {spec.name} checkpoint",
         config.allow_download,
     )
-    sam = build_sam(spec, config.image_size)
+    sam = build_empty_sam(spec, config.image_size)
     load_sam_weights(sam, path, spec)
     sha256 = file_sha256(path)
     _inject(sam, config, sha256)

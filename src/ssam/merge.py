@@ -37,7 +37,7 @@ from ssam.loading import load_adapted_model, model_config_from_adapter
 from ssam.lora import merge_lora
 from ssam.methods import get_method
 from ssam.model import SSAM
-from ssam.sam.build import build_sam
+from ssam.sam.build import build_empty_sam
 from ssam.sam.checkpoint import load_sam_weights, read_state_dict, save_state_dict
 from ssam.sam.variants import get_sam_spec
 from ssam.svd import merge_svd
@@ -245,8 +245,8 @@ def load_merged(
             f"{checkpoint}: SHA-256 {sha256} is not that of the checkpoint the companion was "
             f"saved with ({config['checkpoint_sha256']}); keep the two files together"
         )
-    sam = build_sam(spec, config["image_size"])
-    load_sam_weights(sam, checkpoint, spec)
+    sam = build_empty_sam(spec, config["image_size"])
+    load_sam_weights(sam, checkpoint, spec, state)
     features = tensors.pop(_FEATURES_KEY)
     affine = TextAffine(tensors["text_affine.linear.weight"].shape[1], spec.prompt_embed_dim)
     affine.load_state_dict({k.removeprefix("text_affine."): v for k, v in tensors.items()})

@@ -168,9 +168,15 @@ def check_state_keys(
         )
 
 
-def load_sam_weights(sam: nn.Module, path: str | Path, spec: SamSpec) -> None:
-    """Load the official-layout checkpoint at ``path`` into ``sam`` (strict), fitted to its size."""
-    state = read_state_dict(path)
+def load_sam_weights(
+    sam: nn.Module, path: str | Path, spec: SamSpec, state: StateDict | None = None
+) -> None:
+    """Load the official-layout checkpoint at ``path`` into ``sam`` (strict), fitted to its size.
+
+    ``state``: the file's state dict when the caller has already read it.
+    """
+    if state is None:
+        state = read_state_dict(path)
     check_variant(state, spec, path)
     state = adapt_state_dict(state, sam)
     expected = sam.state_dict()
