@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -17,9 +18,11 @@ from safetensors.torch import load_file
 
 from ssam.config.train import load_train_config
 from ssam.errors import ConfigError, DataError
+from ssam.loading import load_adapted_model
 from ssam.train import train
 from ssam.train.data import build_training_data
 from ssam.train.log import read_log
+from ssam.train.validate import validate
 
 TINY = [
     "model.variant=tiny",
@@ -219,6 +222,15 @@ def test_two_processes_on_cpu(tmp_path, tiny_checkpoint, kvasir_small):
     ]  # fmt: skip
     done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    steps = [r for r in read_log(tmp_path / "ddp" / "metrics.jsonl") if r["kind"] == "train"]
+    records = read_log(tmp_path / "ddp" / "metrics.jsonl")
+    steps = [r for r in records if r["kind"] == "train"]
     assert len(steps) == 10 // (2 * 2)  # global batch of 4, last partial one dropped
     assert (tmp_path / "ddp" / "last.safetensors").is_file()
+    # The processes split validation between them and gather: every sample scored once, and
+    # the gathered score is that of the saved adapter on the whole validation set.
+    (epoch,) = [r for r in records if r["kind"] == "epoch"]
+    val_set = build_training_data(load_train_config(tmp_path / "ddp" / "config.yaml", [])).val_set
+    assert epoch["val_n"] == len(val_set) == 2
+    model, _ = load_adapted_model(tmp_path / "ddp" / "best.safetensors", tiny_checkpoint)
+    single = validate(model, val_set, 2, torch.device("cpu"), contextlib.nullcontext)
+    assert single["dice"] == pytest.approx(epoch["val_dice"], abs=1e-4)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import gather_object
 from torch.utils.data import DataLoader, default_collate
 from tqdm.auto import tqdm
 
@@ -33,7 +34,7 @@ from ssam.train.batches import compute_epoch_order, group_for_accumulation, spli
 from ssam.train.data import TrainingData, build_training_data
 from ssam.train.log import RunLogger
 from ssam.train.state import STATE_FILE, Progress, load_training_state, save_training_state
-from ssam.train.validate import compute_batch_dice, validate
+from ssam.train.validate import compute_batch_dice, score_samples, summarise_scores
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +182,7 @@ class _Run:
 
     def optimiser_step(self, batches: list[dict]) -> tuple[float, float]:
         """Forward and backward every micro-batch of one step, then the optimiser step.
-        Returns the step's mean loss and mean training Dice."""
+        Returns the step's mean loss and mean training Dice over all processes."""
         total_loss, dices = 0.0, []
         for i, batch in enumerate(batches):
             sync = i == len(batches) - 1
@@ -195,7 +196,12 @@ class _Run:
             self.accelerator.clip_grad_norm_(self.model.parameters(), self.config.optim.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return total_loss, torch.cat(dices).mean().item()
+        dice = torch.cat(dices).mean().item()
+        if self.accelerator.num_processes == 1:
+            return total_loss, dice
+        stats = torch.tensor([total_loss, dice], device=self.accelerator.device)
+        total_loss, dice = self.accelerator.reduce(stats, "mean").tolist()
+        return total_loss, dice
 
     def steps_left(self) -> int | None:
         if self.config.max_steps is None:
@@ -236,6 +242,21 @@ class _Run:
                 self.save_state()
         return sum(losses) / len(losses) if losses else math.nan
 
+    def validate(self) -> dict:
+        """Validation scores; each process scores its share of the samples, all get the total."""
+        acc = self.accelerator
+        scores, positive = score_samples(
+            self.unwrapped,  # no DDP hooks: the processes' shards may differ in batch count
+            self.data.val_set,
+            self.config.batch_size,
+            acc.device,
+            acc.autocast,
+            shard=(acc.process_index, acc.num_processes),
+        )
+        if acc.num_processes > 1:
+            scores, positive = gather_object(scores), gather_object(positive)
+        return summarise_scores(scores, positive)
+
     def finish_epoch(self, epoch: int, mean_loss: float, complete: bool) -> None:
         """Validate when due, keep the best adapter, save the last adapter and the state."""
         if complete:
@@ -247,13 +268,7 @@ class _Run:
         )
         record = {"epoch": epoch, "train_loss": mean_loss}
         if due and self.data.val_set is not None:
-            scores = validate(
-                self.model,
-                self.data.val_set,
-                self.config.batch_size,
-                self.accelerator.device,
-                self.accelerator.autocast,
-            )
+            scores = self.validate()
             record.update({f"val_{k}": v for k, v in scores.items()})
             best = self.progress.best_score
             if best is None or scores["dice"] > best:

@@ -3,13 +3,15 @@
 The full per-case evaluation at the original resolution (volumes as volumes, HD95 in mm) is
 ``ssam evaluate``; here speed matters: samples are scored at the model's input size with
 MONAI's Dice, an empty target predicted empty scoring 1 and predicted non-empty scoring 0.
+Several processes split the validation set (``score_samples`` with a shard) and gather the
+scores, so each sample is scored once.
 """
 
 from __future__ import annotations
 
 import torch
 from monai.metrics import compute_dice
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 
 def compute_batch_dice(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -21,22 +23,43 @@ def compute_batch_dice(logits: torch.Tensor, target: torch.Tensor) -> torch.Tens
 
 
 @torch.no_grad()
-def validate(model, dataset: Dataset, batch_size: int, device: torch.device, autocast) -> dict:
-    """Mean Dice over all samples, over positive samples, and the share of empty targets
-    predicted empty. ``model`` is switched to eval mode and back."""
+def score_samples(
+    model,
+    dataset: Dataset,
+    batch_size: int,
+    device: torch.device,
+    autocast,
+    shard: tuple[int, int] = (0, 1),
+) -> tuple[list[float], list[bool]]:
+    """Dice and positiveness of the samples of ``dataset`` in ``shard`` = (index, count): every
+    count-th sample from the index-th, so that processes split the set between them.
+    ``model`` is switched to eval mode and back."""
+    index, count = shard
     was_training = model.training
     model.eval()
     scores, positive = [], []
-    for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+    subset = Subset(dataset, range(index, len(dataset), count))
+    for batch in DataLoader(subset, batch_size=batch_size, shuffle=False):
         with autocast():
             logits = model(batch["image"].to(device), list(batch["label"]))
-        scores.append(compute_batch_dice(logits.float(), batch["mask"].to(device)).cpu())
-        positive.append(batch["positive"])
+        scores += compute_batch_dice(logits.float(), batch["mask"].to(device)).tolist()
+        positive += batch["positive"].bool().tolist()
     model.train(was_training)
-    dice, pos = torch.cat(scores), torch.cat(positive).bool()
+    return scores, positive
+
+
+def summarise_scores(scores: list[float], positive: list[bool]) -> dict:
+    """Mean Dice over all samples, over positive samples, and the share of empty targets
+    predicted empty (NaN where there are none)."""
+    dice, pos = torch.tensor(scores, dtype=torch.float64), torch.tensor(positive, dtype=torch.bool)
     return {
-        "dice": dice.mean().item(),
+        "dice": dice.mean().item() if dice.numel() else float("nan"),
         "dice_positive": dice[pos].mean().item() if pos.any() else float("nan"),
         "empty_correct": dice[~pos].mean().item() if (~pos).any() else float("nan"),
         "n": int(dice.numel()),
     }
+
+
+def validate(model, dataset: Dataset, batch_size: int, device: torch.device, autocast) -> dict:
+    """``summarise_scores`` of all samples of ``dataset``, in one process."""
+    return summarise_scores(*score_samples(model, dataset, batch_size, device, autocast))
