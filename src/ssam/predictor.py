@@ -1,7 +1,8 @@
 """Segment new images and volumes by label name (SAM's ``SamPredictor`` in spirit).
 
 A numpy layer (``segment``, ``segment_image``, ``segment_volume``, ``segment_file``,
-``segment_array``) over a torch layer (``label_tokens``, ``predict_logits``). Per image or
+``segment_array``) over a torch layer (``label_tokens``, ``prepare_slices``, ``encode``,
+``decode_probabilities``; ``predict_logits`` does both model halves at once). Per image or
 slice the image encoder runs once and the mask decoder once for all requested labels; slices
 of a volume go through the encoder in batches of ``batch_size``. Results come back at the
 original resolution: logits (B, L, S, S) are cropped and resized with the data layer's
@@ -28,6 +29,7 @@ from ssam.config.data import IntensityConfig
 from ssam.data.io import read_image, take_slice
 from ssam.data.properties import ImageProperties, normalize_axis
 from ssam.data.transforms import (
+    PreprocessInfo,
     compute_intensity_range,
     preprocess_image,
     resolve_intensity,
@@ -186,10 +188,42 @@ class SSAMPredictor:
 
         One encoder call for the batch; one decoder call per image for all L labels.
         """
+        return torch.stack([self.decode_logits(e, tokens) for e in self.encode(images)])
+
+    @torch.inference_mode()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Images (B, 3, S, S) normalised -> embeddings (B, C, h, w), one encoder call."""
+        return self.model.encode_images(images.to(self.model.device))
+
+    @torch.inference_mode()
+    def decode_logits(self, embedding: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """One image's embedding (C, h, w) + tokens (L, 1, C) -> logits (L, S, S) float32."""
         model = self.model
-        embeddings = model.encode_images(images.to(model.device))
-        logits = [model.upscale(model.decode(e[None], tokens))[:, 0] for e in embeddings]
-        return torch.stack(logits).float()
+        return model.upscale(model.decode(embedding[None].to(model.device), tokens))[:, 0].float()
+
+    @torch.inference_mode()
+    def decode_probabilities(
+        self, embedding: torch.Tensor, info: PreprocessInfo, tokens: torch.Tensor
+    ) -> np.ndarray:
+        """``decode_logits`` at the original size (``info``) as probabilities (L, H, W)."""
+        logits = self.decode_logits(embedding, tokens)
+        return restore_to_original(logits, info).sigmoid().cpu().numpy()
+
+    def prepare_slices(
+        self,
+        image: np.ndarray,
+        axis: int,
+        indices: Sequence[int],
+        intensity: IntensityConfig,
+        value_range: tuple[np.ndarray, np.ndarray] | None,
+    ) -> tuple[list[np.ndarray], torch.Tensor, list[PreprocessInfo]]:
+        """Slices ``indices`` of (C, I, J, K) ``image``: their 0-255 pixels (C, H, W), the
+        model's input batch (B, 3, S, S) and each one's preprocessing info."""
+        pixels = [
+            scale_intensity(take_slice(image, axis, i), intensity, value_range) for i in indices
+        ]
+        prepared = [preprocess_image(p, self.image_size) for p in pixels]
+        return pixels, torch.stack([t for t, _ in prepared]), [info for _, info in prepared]
 
     # ----- numpy layer -------------------------------------------------------------------
 
@@ -318,16 +352,11 @@ class SSAMPredictor:
         n_slices = image.shape[1 + axis]
         for start in range(0, n_slices, self.batch_size):
             indices = range(start, min(start + self.batch_size, n_slices))
-            inputs, infos = [], []
-            for index in indices:
-                pixels = scale_intensity(take_slice(image, axis, index), intensity, value_range)
-                tensor, info = preprocess_image(pixels, self.image_size)
-                inputs.append(tensor)
-                infos.append(info)
-            logits = self.predict_logits(torch.stack(inputs), tokens)
-            for index, slice_logits, info in zip(indices, logits, infos, strict=True):
-                restored = restore_to_original(slice_logits, info).sigmoid()
-                take_slice(out, axis, index)[...] = restored.cpu().numpy()
+            _, inputs, infos = self.prepare_slices(image, axis, indices, intensity, value_range)
+            embeddings = self.encode(inputs)
+            for index, embedding, info in zip(indices, embeddings, infos, strict=True):
+                probabilities = self.decode_probabilities(embedding, info, tokens)
+                take_slice(out, axis, index)[...] = probabilities
             if progress is not None:
                 progress(len(indices))
         return out

@@ -1,9 +1,9 @@
 """Segmentation for the web app: the predictor's slice loop, with image embeddings cached.
 
-``SSAMPredictor.predict_logits`` runs the image encoder and the mask decoder together; to
-reuse an image's embeddings when another label is asked for, this module calls the model's
-parts (``encode_images``, ``decode``, ``upscale``) itself, with the predictor's intensity
-mapping, preprocessing and restoration, so results equal ``SSAMPredictor.segment_array``.
+To reuse an image's embeddings when another label is asked for, this module calls the
+predictor's steps (``prepare_slices``, ``encode``, ``decode_probabilities``) itself, with an
+embedding cache between the encoder and the decoder, so results equal
+``SSAMPredictor.segment_array``.
 
 Volumes are cut along their last axis (K: axial for RAS-like NIfTI); 2D images are volumes of
 depth one, so axis 2 serves both. Results keep the label map and per-label masks but not the
@@ -25,9 +25,6 @@ from ssam.data.properties import ImageProperties, take_slice
 from ssam.data.transforms import (
     PreprocessInfo,
     compute_intensity_range,
-    preprocess_image,
-    restore_to_original,
-    scale_intensity,
 )
 from ssam.label_maps import compute_label_map, compute_label_sizes, compute_masks, label_map_dtype
 from ssam.predictor import SSAMPredictor
@@ -198,50 +195,38 @@ class SegmentationEngine:
     def _segment_batch(self, run: _Run, indices: list[int], tokens: torch.Tensor) -> None:
         """Scale, embed (cache first) and decode the slices ``indices`` into ``run``."""
         image, digest = run.upload.image, run.upload.digest
-        pixels = [
-            scale_intensity(take_slice(image, SLICE_AXIS, i), run.intensity, run.value_range)
-            for i in indices
-        ]
+        pixels, inputs, infos = self.predictor.prepare_slices(
+            image, SLICE_AXIS, indices, run.intensity, run.value_range
+        )
         for index, slice_pixels in zip(indices, pixels, strict=True):
             take_slice(run.display, SLICE_AXIS, index)[...] = np.rint(slice_pixels)
         size = self.predictor.image_size
         keys = [embedding_key(digest, run.intensity, size, i) for i in indices]
         tic = time.perf_counter()
-        embedded = self._embed(keys, pixels, run)
+        embedded = self._embed(keys, inputs, infos, run)
         run.timings["encode"] += time.perf_counter() - tic
         tic = time.perf_counter()
         for index, (embedding, info) in zip(indices, embedded, strict=True):
-            probs = self._decode(embedding, info, tokens)
+            with self._model_lock:
+                probs = self.predictor.decode_probabilities(embedding, info, tokens)
             take_slice(run.masks, SLICE_AXIS, index)[...] = compute_masks(probs)
             take_slice(run.label_map, SLICE_AXIS, index)[...] = compute_label_map(probs)
         run.timings["decode"] += time.perf_counter() - tic
 
     def _embed(
-        self, keys: list[tuple], pixels: list[np.ndarray], run: _Run
+        self, keys: list[tuple], inputs: torch.Tensor, infos: list[PreprocessInfo], run: _Run
     ) -> list[tuple[torch.Tensor, PreprocessInfo]]:
-        """Embeddings (C, h, w) and preprocessing info of a batch of slices (0-255, (C, H, W)),
-        from the cache where present, else one encoder call for the missing ones."""
+        """Embeddings (C, h, w) and preprocessing info of a batch of slices (model inputs
+        (B, 3, S, S)), from the cache where present, else one encoder call for the missing."""
         found = [self.cache.get(key) for key in keys]
         missing = [i for i, item in enumerate(found) if item is None]
         run.hits += len(keys) - len(missing)
         run.encoded += len(missing)
         if missing:
-            prepared = [preprocess_image(pixels[i], self.predictor.image_size) for i in missing]
-            inputs = torch.stack([tensor for tensor, _ in prepared])
-            model = self.predictor.model
-            with self._model_lock, torch.inference_mode():
-                embeddings = model.encode_images(inputs.to(model.device)).cpu()
-            for i, embedding, (_, info) in zip(missing, embeddings, prepared, strict=True):
-                item = (embedding.clone(), info)
+            with self._model_lock:
+                embeddings = self.predictor.encode(inputs[missing]).cpu()
+            for i, embedding in zip(missing, embeddings, strict=True):
+                item = (embedding.clone(), infos[i])
                 self.cache.put(keys[i], item, tensor_bytes(item[0]))
                 found[i] = item
         return found  # type: ignore[return-value]
-
-    def _decode(
-        self, embedding: torch.Tensor, info: PreprocessInfo, tokens: torch.Tensor
-    ) -> np.ndarray:
-        """One slice's embedding + label tokens (L, 1, C) -> probabilities (L, H, W)."""
-        model = self.predictor.model
-        with self._model_lock, torch.inference_mode():
-            logits = model.upscale(model.decode(embedding[None].to(model.device), tokens))[:, 0]
-        return restore_to_original(logits.float(), info).sigmoid().cpu().numpy()
