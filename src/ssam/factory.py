@@ -74,7 +74,9 @@ def _inject(sam: torch.nn.Module, config: ModelConfig, sha256: str | None) -> No
         INJECTORS[method.inject](sam, config, sha256)
 
 
-def _build_text(config: ModelConfig) -> tuple[torch.nn.Module, str | None]:
+def build_text_tower(config: ModelConfig) -> tuple[torch.nn.Module, str | None]:
+    """The frozen text encoder ``config`` names and its weights' SHA-256 (None for the
+    seeded random tower used without weights)."""
     spec = get_text_spec(config.text_encoder)
     if spec.weights is None and config.clip_checkpoint is None:
         with torch.random.fork_rng(devices=[]):
@@ -106,7 +108,7 @@ def create_model(
     load_sam_weights(sam, path, spec)
     sha256 = file_sha256(path)
     _inject(sam, config, sha256)
-    text_encoder, text_sha = _build_text(config)
+    text_encoder, text_sha = build_text_tower(config)
     affine = TextAffine(text_encoder.embed_dim, spec.prompt_embed_dim)
     model = SSAM(sam, affine, text_encoder, config.image_size)
     configure_trainable(model, config.method)

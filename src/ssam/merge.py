@@ -32,7 +32,7 @@ from torch import nn
 from ssam.adapter import META_KEY, read_tagged_safetensors
 from ssam.atomic import atomic_path
 from ssam.errors import CheckpointError, ConfigError
-from ssam.factory import BaseInfo, _build_text
+from ssam.factory import BaseInfo, build_text_tower
 from ssam.loading import load_adapted_model, model_config_from_adapter
 from ssam.lora import merge_lora
 from ssam.methods import get_method
@@ -211,7 +211,7 @@ def _check_grid(state: dict[str, torch.Tensor], config: dict, path: Path) -> Non
 def _build_text_fallback(config: dict, clip_checkpoint: Path | str | None) -> TextEncoder:
     model_config = model_config_from_adapter(config, clip_checkpoint=clip_checkpoint)
     # create_model's text part alone: the same seeded tower for "tiny", CLIP weights otherwise.
-    encoder, sha = _build_text(model_config)
+    encoder, sha = build_text_tower(model_config)
     if config.get("text_sha256") and sha != config["text_sha256"]:
         raise CheckpointError(
             f"{clip_checkpoint}: CLIP weights differ from those the model was trained with "
