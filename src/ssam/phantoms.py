@@ -62,7 +62,7 @@ LESION_PROBABILITY = 0.85
 # visible through the phantom's noise (a reader would not miss it either).
 LESION_CONTRAST_HU = (50.0, 90.0)
 LESION_HYPODENSE = 1.0  # probability that the lesion is darker than the liver
-LESION_RADIUS_FOV = (0.05, 0.10)  # radius range, fraction of the field of view (log-uniform)
+LESION_RADIUS_FOV = (0.07, 0.12)  # radius range, fraction of the field of view (log-uniform)
 
 
 @dataclass(frozen=True)
@@ -211,8 +211,8 @@ def _paint_liver_interior(tissue: np.ndarray, rng: np.random.Generator) -> None:
         tissue[vessel & (depth >= 1.5)] = VESSEL
     if rng.random() >= LESION_PROBABILITY or depth.max() < 5:
         return
-    # Radius 5-10 % of the field of view (about 1.7-3.5 cm): small enough to be a lesion,
-    # large enough to stay visible at the demo's input size.
+    # Radius 7-12 % of the field of view (about 2.5-4 cm, capped by the liver's depth): a
+    # large lesion, so that the demo's 128-pixel model learns it from any seed's phantoms.
     smallest = max(2.5, LESION_RADIUS_FOV[0] * tissue.shape[0])
     largest = max(smallest + 0.5, min(0.6 * depth.max(), LESION_RADIUS_FOV[1] * tissue.shape[0]))
     radius = float(np.exp(rng.uniform(np.log(smallest), np.log(largest))))
