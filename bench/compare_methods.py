@@ -34,12 +34,11 @@ from ssam.config.train import OptimConfig, TrainConfig
 from ssam.methods import METHODS
 from ssam.train import train
 from ssam.train.log import read_log
-from summary import format_table
+from summary import check_known, default_output, format_table
 from workloads import write_random_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = (ROOT / ".." / "shared" / "data" / "kvasir-seg").resolve()
-RESULTS = ROOT / "bench" / "results"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -66,12 +65,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.image_size, args.steps, args.evals, args.batch_size, args.limit = 64, 4, 2, 2, 12
     if args.steps % args.evals:
         p.error(f"--steps ({args.steps}) must be a multiple of --evals ({args.evals})")
-    unknown = set(args.methods) - set(METHODS)
-    if unknown:
-        p.error(f"unknown methods {sorted(unknown)}; known: {list(METHODS)}")
-    if args.out is None:
-        tag = "quick" if args.quick else f"{args.variant}_{args.image_size}"
-        args.out = RESULTS / f"compare_methods_{tag}.json"
+    check_known(p, args.methods, METHODS, "methods")
+    args.out = default_output(args, "compare_methods")
     return args
 
 

@@ -41,9 +41,7 @@ from measure import (
     summarise,
     time_interleaved,
 )
-from summary import evaluate_targets, format_report
-
-RESULTS = Path(__file__).resolve().parent / "results"
+from summary import check_known, default_output, evaluate_targets, format_report
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -68,12 +66,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.train_batches, args.infer_batches = [1, 2], [1, 2]
         args.rounds, args.infer_rounds, args.warmup = 2, 2, 1
         args.load_repeats, args.rss_steps = 1, 1
-    unknown = set(args.configs) - set(wl.TRAIN_CONFIGS)
-    if unknown:
-        p.error(f"unknown configs {sorted(unknown)}; known: {list(wl.TRAIN_CONFIGS)}")
-    if args.out is None:
-        tag = "quick" if args.quick else f"{args.variant}_{args.image_size}"
-        args.out = RESULTS / f"suite_{tag}.json"
+    check_known(p, args.configs, wl.TRAIN_CONFIGS, "configs")
+    args.out = default_output(args, "suite")
     return args
 
 

@@ -8,8 +8,28 @@ model at most 15 s with the SVD, 5 s from the SVD cache or a merged checkpoint.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import argparse
+from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def check_known(parser: argparse.ArgumentParser, given: Iterable[str], known, what: str) -> None:
+    """Stop with a usage error naming the ``given`` names that are not in ``known``."""
+    unknown = set(given) - set(known)
+    if unknown:
+        parser.error(f"unknown {what} {sorted(unknown)}; known: {list(known)}")
+
+
+def default_output(args: argparse.Namespace, prefix: str) -> Path:
+    """``--out`` if given, else bench/results/<prefix>_<variant>_<size>.json (or _quick)."""
+    if args.out is not None:
+        return args.out
+    tag = "quick" if args.quick else f"{args.variant}_{args.image_size}"
+    return RESULTS / f"{prefix}_{tag}.json"
+
 
 # (name, section, config, batch, field, limit)
 TARGETS = (
