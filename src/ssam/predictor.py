@@ -1,7 +1,7 @@
 """Segment new images and volumes by label name (SAM's ``SamPredictor`` in spirit).
 
 A numpy layer (``segment``, ``segment_image``, ``segment_volume``, ``segment_file``,
-``segment_array``) over a torch layer (``label_tokens``, ``prepare_slices``, ``encode``,
+``segment_array``) over a torch layer (``label_tokens``, ``scale_slices``, ``preprocess``, ``encode``,
 ``decode_probabilities``; ``predict_logits`` does both model halves at once). Per image or
 slice the image encoder runs once and the mask decoder once for all requested labels; slices
 of a volume go through the encoder in batches of ``batch_size``. Results come back at the
@@ -209,21 +209,23 @@ class SSAMPredictor:
         logits = self.decode_logits(embedding, tokens)
         return restore_to_original(logits, info).sigmoid().cpu().numpy()
 
-    def prepare_slices(
+    def scale_slices(
         self,
         image: np.ndarray,
         axis: int,
         indices: Sequence[int],
         intensity: IntensityConfig,
         value_range: tuple[np.ndarray, np.ndarray] | None,
-    ) -> tuple[list[np.ndarray], torch.Tensor, list[PreprocessInfo]]:
-        """Slices ``indices`` of (C, I, J, K) ``image``: their 0-255 pixels (C, H, W), the
-        model's input batch (B, 3, S, S) and each one's preprocessing info."""
-        pixels = [
+    ) -> list[np.ndarray]:
+        """Slices ``indices`` of (C, I, J, K) ``image`` as 0-255 pixels (C, H, W)."""
+        return [
             scale_intensity(take_slice(image, axis, i), intensity, value_range) for i in indices
         ]
+
+    def preprocess(self, pixels: Sequence[np.ndarray]) -> tuple[torch.Tensor, list[PreprocessInfo]]:
+        """0-255 slices -> the model's input batch (B, 3, S, S) and each one's info."""
         prepared = [preprocess_image(p, self.image_size) for p in pixels]
-        return pixels, torch.stack([t for t, _ in prepared]), [info for _, info in prepared]
+        return torch.stack([t for t, _ in prepared]), [info for _, info in prepared]
 
     # ----- numpy layer -------------------------------------------------------------------
 
@@ -352,7 +354,8 @@ class SSAMPredictor:
         n_slices = image.shape[1 + axis]
         for start in range(0, n_slices, self.batch_size):
             indices = range(start, min(start + self.batch_size, n_slices))
-            _, inputs, infos = self.prepare_slices(image, axis, indices, intensity, value_range)
+            pixels = self.scale_slices(image, axis, indices, intensity, value_range)
+            inputs, infos = self.preprocess(pixels)
             embeddings = self.encode(inputs)
             for index, embedding, info in zip(indices, embeddings, infos, strict=True):
                 probabilities = self.decode_probabilities(embedding, info, tokens)

@@ -37,6 +37,8 @@ def test_auto_preset_is_resolved_by_type_and_dimensionality():
     assert resolve_intensity(auto, hu.astype(np.uint8), is_2d=True).preset == "rgb"
     assert resolve_intensity(None, hu[..., :1], is_2d=True).preset == "minmax"
     assert resolve_intensity(auto, hu, is_2d=False).preset == "mri"
+    narrow = resolve_intensity(IntensityConfig(percentiles=(2, 98)), hu, is_2d=False)
+    assert narrow == IntensityConfig(preset="mri", percentiles=(2, 98))
     window = IntensityConfig(preset="ct", window_level=40, window_width=400)
     assert resolve_intensity(window, hu, is_2d=False) is window
     for function in (compute_intensity_range, scale_intensity):

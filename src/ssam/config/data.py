@@ -6,10 +6,10 @@ of `DatasetConfig` entries. Unknown keys are rejected, and every error names its
 
 Example (YAML)::
 
-    path: ../shared/data/curvas-ct
+    path: data/abdomen-ct          # NIfTI volumes in Hounsfield units
     layout: nnunet
     intensity: {preset: ct, window_level: 40, window_width: 400}
-    split: {val_fraction: 0.2, seed: 0, group_pattern: "^(curvas_\\d+)_"}
+    split: {val_fraction: 0.2, seed: 0, group_pattern: "^(patient\\d+)_"}
     neg_ratio: 1.0
 """
 

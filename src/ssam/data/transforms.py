@@ -50,11 +50,12 @@ def resolve_intensity(
     "auto" goes by the stored type: uint8 as is ("rgb"), other 2D images "minmax", other
     volumes "mri" (per-channel percentiles of the whole volume).
     """
-    if config is not None and config.preset != "auto":
+    config = config or IntensityConfig()
+    if config.preset != "auto":
         return config
-    if image.dtype == np.uint8:
-        return IntensityConfig(preset="rgb")
-    return IntensityConfig(preset="minmax" if is_2d else "mri")
+    by_dimensions = "minmax" if is_2d else "mri"
+    preset = "rgb" if image.dtype == np.uint8 else by_dimensions
+    return config.model_copy(update={"preset": preset})  # keeps the given percentiles
 
 
 def _check_resolved(config: IntensityConfig) -> None:

@@ -1,8 +1,8 @@
 """Segmentation for the web app: the predictor's slice loop, with image embeddings cached.
 
 To reuse an image's embeddings when another label is asked for, this module calls the
-predictor's steps (``prepare_slices``, ``encode``, ``decode_probabilities``) itself, with an
-embedding cache between the encoder and the decoder, so results equal
+predictor's steps (``scale_slices``, ``preprocess``, ``encode``, ``decode_probabilities``)
+itself, with an embedding cache between the encoder and the decoder, so results equal
 ``SSAMPredictor.segment_array``.
 
 Volumes are cut along their last axis (K: axial for RAS-like NIfTI); 2D images are volumes of
@@ -195,7 +195,7 @@ class SegmentationEngine:
     def _segment_batch(self, run: _Run, indices: list[int], tokens: torch.Tensor) -> None:
         """Scale, embed (cache first) and decode the slices ``indices`` into ``run``."""
         image, digest = run.upload.image, run.upload.digest
-        pixels, inputs, infos = self.predictor.prepare_slices(
+        pixels = self.predictor.scale_slices(
             image, SLICE_AXIS, indices, run.intensity, run.value_range
         )
         for index, slice_pixels in zip(indices, pixels, strict=True):
@@ -203,7 +203,7 @@ class SegmentationEngine:
         size = self.predictor.image_size
         keys = [embedding_key(digest, run.intensity, size, i) for i in indices]
         tic = time.perf_counter()
-        embedded = self._embed(keys, inputs, infos, run)
+        embedded = self._embed(keys, pixels, run)
         run.timings["encode"] += time.perf_counter() - tic
         tic = time.perf_counter()
         for index, (embedding, info) in zip(indices, embedded, strict=True):
@@ -214,19 +214,20 @@ class SegmentationEngine:
         run.timings["decode"] += time.perf_counter() - tic
 
     def _embed(
-        self, keys: list[tuple], inputs: torch.Tensor, infos: list[PreprocessInfo], run: _Run
+        self, keys: list[tuple], pixels: list[np.ndarray], run: _Run
     ) -> list[tuple[torch.Tensor, PreprocessInfo]]:
-        """Embeddings (C, h, w) and preprocessing info of a batch of slices (model inputs
-        (B, 3, S, S)), from the cache where present, else one encoder call for the missing."""
+        """Embeddings (C, h, w) and preprocessing info of a batch of slices (0-255, (C, H, W)),
+        from the cache where present, else one encoder call for the missing ones."""
         found = [self.cache.get(key) for key in keys]
         missing = [i for i, item in enumerate(found) if item is None]
         run.hits += len(keys) - len(missing)
         run.encoded += len(missing)
         if missing:
+            inputs, infos = self.predictor.preprocess([pixels[i] for i in missing])
             with self._model_lock:
-                embeddings = self.predictor.encode(inputs[missing]).cpu()
-            for i, embedding in zip(missing, embeddings, strict=True):
-                item = (embedding.clone(), infos[i])
+                embeddings = self.predictor.encode(inputs).cpu()
+            for i, embedding, info in zip(missing, embeddings, infos, strict=True):
+                item = (embedding.clone(), info)
                 self.cache.put(keys[i], item, tensor_bytes(item[0]))
                 found[i] = item
         return found  # type: ignore[return-value]
