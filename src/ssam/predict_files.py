@@ -33,7 +33,7 @@ from tqdm import tqdm
 from ssam.atomic import write_bytes_atomic
 from ssam.data.io import NIFTI_SUFFIXES, file_suffix, read_image, write_label_map
 from ssam.data.properties import ImageProperties
-from ssam.data.transforms import compute_intensity_range, scale_intensity
+from ssam.data.transforms import scale_intensity
 from ssam.errors import SSAMError
 from ssam.overlay import add_legend, blend_overlay, render_volume_overlay, save_png
 from ssam.prediction_inputs import InputCase
@@ -108,11 +108,10 @@ def write_probability_volume(
 
 
 def render_case_overlay(
-    predictor: SSAMPredictor, image: np.ndarray, result: Segmentation, count: int
+    image: np.ndarray, result: Segmentation, count: int
 ) -> tuple[np.ndarray, list[int]]:
     """Overlay picture of a case (display intensities as the model saw them)."""
-    intensity = predictor.intensity_for(image, result.properties)
-    display = scale_intensity(image, intensity, compute_intensity_range(image, intensity))
+    display = scale_intensity(image, result.intensity, result.value_range)
     n_labels = len(result.labels)
     if not result.is_volume:
         picture = blend_overlay(display[..., 0], result.label_map, n_labels)
@@ -148,7 +147,6 @@ def build_case_report(case: InputCase, result: Segmentation, shown: list[int]) -
 
 
 def write_case_outputs(
-    predictor: SSAMPredictor,
     case: InputCase,
     image: np.ndarray,
     result: Segmentation,
@@ -169,7 +167,7 @@ def write_case_outputs(
             index += 1
     shown: list[int] = []
     if options.overlay:
-        picture, shown = render_case_overlay(predictor, image, result, options.overlay_slices)
+        picture, shown = render_case_overlay(image, result, options.overlay_slices)
         save_png(picture, paths[index])
     report = build_case_report(case, result, shown)
     write_bytes_atomic(paths[-1], json.dumps(report, indent=2).encode())
@@ -195,7 +193,7 @@ def predict_case(
     result = predictor.segment_array(
         image, properties, options.labels, axis=axis, progress=progress
     )
-    return write_case_outputs(predictor, case, image, result, options)
+    return write_case_outputs(case, image, result, options)
 
 
 def _run_case(

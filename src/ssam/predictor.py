@@ -1,8 +1,8 @@
 """Segment new images and volumes by label name (SAM's ``SamPredictor`` in spirit).
 
 A numpy layer (``segment``, ``segment_image``, ``segment_volume``, ``segment_file``,
-``segment_array``) over a torch layer (``label_tokens``, ``scale_slices``, ``preprocess``, ``encode``,
-``decode_probabilities``; ``predict_logits`` does both model halves at once). Per image or
+``segment_array``) over a torch layer (``label_tokens``, ``scale_slices``, ``preprocess``,
+``encode``, ``decode_probabilities``; ``predict_logits`` does both model halves at once). Per image or
 slice the image encoder runs once and the mask decoder once for all requested labels; slices
 of a volume go through the encoder in batches of ``batch_size``. Results come back at the
 original resolution: logits (B, L, S, S) are cropped and resized with the data layer's
@@ -66,6 +66,8 @@ class Segmentation:
         properties: geometry of the source (``write_label_map`` takes it back).
         slice_axis: the spatial axis (0..2) sliced; 2 for 2D images.
         spacing_known: whether ``properties.spacing`` is a real size in mm.
+        intensity, value_range: the 0-255 mapping the model saw (resolved preset and the
+            source's per-channel range, from ``compute_intensity_range``).
     """
 
     labels: tuple[str, ...]
@@ -75,6 +77,8 @@ class Segmentation:
     properties: ImageProperties
     slice_axis: int
     spacing_known: bool
+    intensity: IntensityConfig
+    value_range: tuple[np.ndarray, np.ndarray] | None
 
     @property
     def is_volume(self) -> bool:
@@ -319,7 +323,9 @@ class SSAMPredictor:
                 f"got shape {image.shape}"
             )
         axis = 2 if properties.is_2d else normalize_axis(axis)
-        probabilities = self._predict_volume(image, properties, names, axis, progress)
+        intensity = self.intensity_for(image, properties)
+        value_range = compute_intensity_range(image, intensity)
+        probabilities = self._predict_volume(image, (intensity, value_range), names, axis, progress)
         if properties.is_2d:
             probabilities = probabilities[..., 0]
         known = spacing_is_known(properties) if spacing_known is None else spacing_known
@@ -331,6 +337,8 @@ class SSAMPredictor:
             properties=properties,
             slice_axis=axis,
             spacing_known=known,
+            intensity=intensity,
+            value_range=value_range,
         )
 
     def intensity_for(self, image: np.ndarray, properties: ImageProperties) -> IntensityConfig:
@@ -341,14 +349,14 @@ class SSAMPredictor:
     def _predict_volume(
         self,
         image: np.ndarray,
-        properties: ImageProperties,
+        mapping: tuple[IntensityConfig, tuple[np.ndarray, np.ndarray] | None],
         names: tuple[str, ...],
         axis: int,
         progress: Callable[[int], None] | None,
     ) -> np.ndarray:
-        """(C, I, J, K) -> probabilities (L, I, J, K) float32, slices in batches."""
-        intensity = self.intensity_for(image, properties)
-        value_range = compute_intensity_range(image, intensity)
+        """(C, I, J, K) -> probabilities (L, I, J, K) float32, slices in batches; ``mapping``:
+        the resolved intensity preset and the volume's value range."""
+        intensity, value_range = mapping
         tokens = self.label_tokens(names)
         out = np.empty((len(names), *image.shape[1:]), dtype=np.float32)
         n_slices = image.shape[1 + axis]
