@@ -323,8 +323,7 @@ class SSAMPredictor:
                 f"got shape {image.shape}"
             )
         axis = 2 if properties.is_2d else normalize_axis(axis)
-        intensity = self.intensity_for(image, properties)
-        value_range = compute_intensity_range(image, intensity)
+        intensity, value_range = self.intensity_mapping(image, properties)
         probabilities = self._predict_volume(image, (intensity, value_range), names, axis, progress)
         if properties.is_2d:
             probabilities = probabilities[..., 0]
@@ -341,9 +340,13 @@ class SSAMPredictor:
             value_range=value_range,
         )
 
-    def intensity_for(self, image: np.ndarray, properties: ImageProperties) -> IntensityConfig:
-        """The 0-255 mapping used for ``image``: the configured one, or the "auto" rule."""
-        return resolve_intensity(self.intensity, image, properties.is_2d)
+    def intensity_mapping(
+        self, image: np.ndarray, properties: ImageProperties
+    ) -> tuple[IntensityConfig, tuple[np.ndarray, np.ndarray] | None]:
+        """The 0-255 mapping used for (C, I, J, K) ``image``: the configured preset (or the
+        "auto" rule's) and the whole image's value range, computed once."""
+        intensity = resolve_intensity(self.intensity, image, properties.is_2d)
+        return intensity, compute_intensity_range(image, intensity)
 
     @torch.inference_mode()
     def _predict_volume(

@@ -22,10 +22,7 @@ import torch
 
 from ssam.config.data import IntensityConfig
 from ssam.data.properties import ImageProperties, take_slice
-from ssam.data.transforms import (
-    PreprocessInfo,
-    compute_intensity_range,
-)
+from ssam.data.transforms import PreprocessInfo
 from ssam.label_maps import compute_label_map, compute_label_sizes, compute_masks, label_map_dtype
 from ssam.predictor import SSAMPredictor
 from ssam.text import normalise_label
@@ -163,8 +160,8 @@ class SegmentationEngine:
         true the next batch raises ``JobCancelled``.
         """
         image, properties = upload.image, upload.properties
-        intensity = self.predictor.intensity_for(image, properties)
-        run = _Run(upload, intensity, compute_intensity_range(image, intensity), len(names))
+        intensity, value_range = self.predictor.intensity_mapping(image, properties)
+        run = _Run(upload, intensity, value_range, len(names))
         with self._model_lock, torch.inference_mode():
             tokens = self.predictor.model.label_tokens(list(names))
         n_slices, batch = image.shape[1 + SLICE_AXIS], self.predictor.batch_size
