@@ -10,7 +10,7 @@ trainable parameters, as a table, a JSON file and a plot.
         --steps 2000 --batch-size 8 --lr 1e-4           # the real comparison (wants a GPU)
 
 Every method shares the data, split, augmentation, loss (focal + Dice), label-name prompt,
-optimiser (AdamW) and seed; only the trainable set (``ssam.methods``) differs. Without a SAM
+optimiser (AdamW) and seed; only the trainable set (``ssam.tuning.methods``) differs. Without a SAM
 checkpoint the base is a seeded random ``tiny`` SAM: the comparison then measures what each
 trainable set can fit from scratch, not how well it transfers pretrained features.
 """
@@ -31,9 +31,9 @@ from ssam.cli.params import compute_parameter_report
 from ssam.config.data import DatasetConfig, SplitConfig
 from ssam.config.model import ModelConfig
 from ssam.config.train import OptimConfig, TrainConfig
-from ssam.methods import METHODS
 from ssam.train import train
 from ssam.train.log import read_log
+from ssam.tuning.methods import METHODS
 from summary import check_known, default_output, format_table
 from workloads import write_random_checkpoint
 

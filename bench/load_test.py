@@ -92,7 +92,7 @@ def build_predictor(args: argparse.Namespace, folder: Path):
     """The model to serve: an adapter on its base, or random weights (speed only)."""
     from ssam.config.model import ModelConfig
     from ssam.factory import create_model
-    from ssam.predictor import SSAMPredictor
+    from ssam.inference.predictor import SSAMPredictor
     from ssam.sam.build import build_random_sam
     from ssam.sam.checkpoint import save_state_dict
     from ssam.sam.variants import get_sam_spec

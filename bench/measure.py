@@ -23,7 +23,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 # Modules every fresh measurement process needs; the fork server imports them once.
-CHILD_PRELOAD = ("torch", "ssam.factory", "ssam.svd", "ssam.text", "open_clip")
+CHILD_PRELOAD = ("torch", "ssam.factory", "ssam.tuning.svd", "ssam.text", "open_clip")
 
 
 def time_call(fn: Callable[[], Any]) -> float:

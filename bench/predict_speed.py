@@ -7,7 +7,7 @@ Two measurements, in one run:
    encoder ceil(N / b) times on N slices in all, and the decoder once per slice.
 2. Time per image (encoder + decoder for L labels, ``SSAMPredictor.predict_logits``) of
    * ``sam_plain``: segment_anything's own modules with the base weights (no adapter),
-   * ``ssam_merged``: the merged checkpoint (``ssam.merge.load_merged``),
+   * ``ssam_merged``: the merged checkpoint (``ssam.inference.merge.load_merged``),
    * ``ssam_adapted``: base + adapter, SVD layers in eval mode (W' cached),
    interleaved (each round rotates the order) after a warm-up round; medians, their ratios
    to ``sam_plain`` and the median of the per-round ratios ("paired": each round runs the
@@ -34,16 +34,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ssam.adapter import save_adapter
 from ssam.config.model import ModelConfig
 from ssam.factory import create_model
-from ssam.merge import merge_adapter
+from ssam.inference.merge import merge_adapter
+from ssam.inference.predictor import SSAMPredictor
 from ssam.model import SSAM
-from ssam.predictor import SSAMPredictor
 from ssam.sam.build import build_random_sam, build_sam
 from ssam.sam.checkpoint import load_sam_weights, save_state_dict
 from ssam.sam.variants import get_sam_spec
 from ssam.text import TextAffine
+from ssam.tuning.adapter import save_adapter
 
 LABEL_NAMES = ("liver", "kidney", "spleen", "pancreas", "lung", "heart", "polyp", "gland")
 

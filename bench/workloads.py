@@ -6,7 +6,7 @@ key layout; the text encoder is the tiny random CLIP tower (label features are p
 tensors: a training or inference step never runs CLIP, DESIGN.md 5).
 
 Configurations:
-* training: every method of ``ssam.methods.METHODS`` (built by ``create_model``) and
+* training: every method of ``ssam.tuning.methods.METHODS`` (built by ``create_model``) and
   ``sam_full``: the official ``segment_anything`` modules from ``build_sam(spec, S)``, same
   encoder layout, no SVD, every parameter trained, behind the same label-token wrapper;
 * inference: ``ssam_adapted`` (eval, W' cached), ``ssam_merged`` (``merge_svd``) and
@@ -26,17 +26,17 @@ import torch
 from torch import nn
 
 from measure import current_rss_mib, peak_rss_mib, time_call
-from ssam.adapter import save_adapter
 from ssam.config.model import ModelConfig
 from ssam.factory import create_model
-from ssam.losses import segmentation_loss
-from ssam.methods import METHODS
 from ssam.model import SSAM
 from ssam.sam.build import build_random_sam, build_sam
 from ssam.sam.checkpoint import load_sam_weights, save_state_dict
 from ssam.sam.variants import get_sam_spec
-from ssam.svd import merge_svd
 from ssam.text import TextAffine, build_text_encoder, get_text_spec
+from ssam.train.losses import segmentation_loss
+from ssam.tuning.adapter import save_adapter
+from ssam.tuning.methods import METHODS
+from ssam.tuning.svd import merge_svd
 
 PLAIN_TRAIN = "sam_full"
 TRAIN_CONFIGS = (*METHODS, PLAIN_TRAIN)

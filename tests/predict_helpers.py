@@ -16,9 +16,9 @@ from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-from ssam.adapter import save_adapter
 from ssam.config.model import ModelConfig
 from ssam.factory import create_model
+from ssam.tuning.adapter import save_adapter
 
 LABELS = ("liver", "kidney")
 TINY_SIZE = 64

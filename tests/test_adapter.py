@@ -6,13 +6,13 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from ssam.adapter import adapter_state_dict, load_adapter, read_adapter, save_adapter
 from ssam.config.model import ModelConfig
 from ssam.errors import AdapterError
 from ssam.factory import create_architecture, create_model
 from ssam.sam.build import build_random_sam
 from ssam.sam.checkpoint import save_state_dict
 from ssam.sam.variants import get_sam_spec
+from ssam.tuning.adapter import adapter_state_dict, load_adapter, read_adapter, save_adapter
 
 
 def _train_a_little(model):

@@ -32,7 +32,7 @@ def test_params_rejects_bad_size():
 
 
 def test_info_loads_base_and_checks_adapter(tiny_model, tiny_checkpoint, tmp_path):
-    from ssam.adapter import save_adapter
+    from ssam.tuning.adapter import save_adapter
 
     adapter = save_adapter(tiny_model, tmp_path / "a.safetensors", labels=["polyp"])
     result = runner.invoke(

@@ -12,7 +12,7 @@ import pytest
 from tests.test_train import TINY, link_nnunet_subset, link_subset
 
 from ssam.config.train import load_train_config
-from ssam.evaluate import evaluate, select_split_cases
+from ssam.evaluation.evaluate import evaluate, select_split_cases
 from ssam.train import train
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"

@@ -9,8 +9,8 @@ from typer.testing import CliRunner
 
 from predict_helpers import LABELS, kvasir_image, train_adapter
 from ssam.cli.main import app
-from ssam.export import check_onnx, export_onnx, run_onnx
-from ssam.loading import load_adapted_model
+from ssam.inference.export import check_onnx, export_onnx, run_onnx
+from ssam.inference.loading import load_adapted_model
 
 pytest.importorskip("onnxruntime")
 pytestmark = pytest.mark.usefixtures("single_thread")

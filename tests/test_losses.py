@@ -4,7 +4,7 @@ import pytest
 import torch
 from torchvision.ops import sigmoid_focal_loss
 
-from ssam.losses import focal_loss, segmentation_loss, soft_dice_loss
+from ssam.train.losses import focal_loss, segmentation_loss, soft_dice_loss
 
 
 def _tiny() -> tuple[torch.Tensor, torch.Tensor]:

@@ -6,12 +6,11 @@ from segment_anything.build_sam import _build_sam
 from typer.testing import CliRunner
 
 from predict_helpers import LABELS, tiny_model_config
-from ssam.adapter import save_adapter
 from ssam.cli.main import app
 from ssam.errors import CheckpointError, ConfigError
 from ssam.factory import create_model
-from ssam.loading import load_adapted_model
-from ssam.merge import (
+from ssam.inference.loading import load_adapted_model
+from ssam.inference.merge import (
     SAM_PREFIXES,
     LabelFeatureTable,
     companion_path,
@@ -22,7 +21,8 @@ from ssam.merge import (
 from ssam.sam.build import build_random_sam
 from ssam.sam.checkpoint import save_state_dict
 from ssam.sam.variants import SAM_VARIANTS, SamSpec
-from ssam.svd import iter_svd_layers
+from ssam.tuning.adapter import save_adapter
+from ssam.tuning.svd import iter_svd_layers
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

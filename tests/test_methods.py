@@ -9,12 +9,13 @@ from pydantic import ValidationError
 from torch import nn
 from typer.testing import CliRunner
 
-from ssam.adapter import adapter_state_dict, load_adapter, save_adapter
 from ssam.cli.main import app
 from ssam.cli.params import compute_parameter_report
 from ssam.config.model import ModelConfig
 from ssam.factory import count_sam_parameters, create_model
-from ssam.lora import (
+from ssam.train.losses import segmentation_loss
+from ssam.tuning.adapter import adapter_state_dict, load_adapter, save_adapter
+from ssam.tuning.lora import (
     LoRALinear,
     LoRATarget,
     compute_lora_delta,
@@ -22,8 +23,7 @@ from ssam.lora import (
     iter_lora_layers,
     merge_lora,
 )
-from ssam.losses import segmentation_loss
-from ssam.methods import METHODS, configure_trainable
+from ssam.tuning.methods import METHODS, configure_trainable
 
 TEXT_AFFINE = 512 * 256 + 256 + 2 * 256  # Linear 512->256 and BatchNorm1d(256) affine
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from ssam.metrics import (
+from ssam.evaluation.metrics import (
     EMPTY_GT_POLICY,
     EMPTY_SCORES,
     compute_case_metrics,

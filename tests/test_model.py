@@ -7,9 +7,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ssam.factory import create_model
-from ssam.methods import trainable_names
 from ssam.sam.build import PIXEL_MEAN, PIXEL_STD
-from ssam.svd import SVDConv2d, SVDLinear
+from ssam.tuning.methods import trainable_names
+from ssam.tuning.svd import SVDConv2d, SVDLinear
 
 
 def _to_input(image: np.ndarray, size: int) -> torch.Tensor:
@@ -142,6 +142,6 @@ def test_svd_cache_skips_recomputation(tiny_config, monkeypatch, isolated_cache)
     def fail(*_):
         raise AssertionError("SVD recomputed despite the cache")
 
-    monkeypatch.setattr("ssam.svd.compute_svd", fail)
+    monkeypatch.setattr("ssam.tuning.svd.compute_svd", fail)
     again = create_model(tiny_config)
     assert isinstance(again.image_encoder.blocks[0].attn.qkv, SVDLinear)

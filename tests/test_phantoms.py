@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from ssam.phantoms import (
+from ssam.demo.phantoms import (
     ABDOMEN_STRUCTURES,
     PRETRAIN_STRUCTURES,
     generate_phantom,

@@ -17,8 +17,8 @@ from predict_helpers import (
 )
 from ssam.cli.main import app, main
 from ssam.data.io import read_image
-from ssam.label_maps import compute_label_map
-from ssam.merge import merge_adapter
+from ssam.inference.label_maps import compute_label_map
+from ssam.inference.merge import merge_adapter
 from ssam.sam.build import build_random_sam
 from ssam.sam.checkpoint import save_state_dict
 from ssam.sam.variants import get_sam_spec

@@ -17,13 +17,13 @@ from predict_helpers import (
     write_dicom,
     write_png,
 )
-from ssam.adapter import save_adapter
 from ssam.errors import AdapterError, ConfigError, DataError
-from ssam.label_maps import compute_label_map, compute_label_sizes
-from ssam.predictor import SSAMPredictor, UnknownLabelWarning
+from ssam.inference.label_maps import compute_label_map, compute_label_sizes
+from ssam.inference.predictor import SSAMPredictor, UnknownLabelWarning
 from ssam.sam.build import build_random_sam
 from ssam.sam.checkpoint import save_state_dict
 from ssam.sam.variants import get_sam_spec
+from ssam.tuning.adapter import save_adapter
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -178,7 +178,7 @@ def test_label_map_rules():
 
 
 def test_merged_and_adapted_predictors_agree(predictor, adapter, tiny_checkpoint, tmp_path):
-    from ssam.merge import merge_adapter
+    from ssam.inference.merge import merge_adapter
 
     files = merge_adapter(adapter, tmp_path / "merged.pth", tiny_checkpoint)
     merged = SSAMPredictor.from_merged(files.checkpoint)

@@ -6,8 +6,8 @@ import os
 import numpy as np
 import pytest
 
-from ssam.metrics import EMPTY_GT_POLICY, compute_case_metrics
-from ssam.report import CORE_COLUMNS, MetricsTable, write_text_atomic
+from ssam.evaluation.metrics import EMPTY_GT_POLICY, compute_case_metrics
+from ssam.evaluation.report import CORE_COLUMNS, MetricsTable, write_text_atomic
 
 
 def _m(dice, iou, hd95, gt_empty=False, pred_empty=False):

@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from ssam.svd import (
+from ssam.tuning.svd import (
     SVDConv2d,
     SVDLinear,
     compute_svd,

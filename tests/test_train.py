@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 
 from ssam.config.train import load_train_config
 from ssam.errors import ConfigError, DataError
-from ssam.loading import load_adapted_model
+from ssam.inference.loading import load_adapted_model
 from ssam.train import train
 from ssam.train.data import build_training_data
 from ssam.train.log import read_log

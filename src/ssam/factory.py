@@ -14,15 +14,15 @@ from pathlib import Path
 import torch
 
 from ssam.config.model import ModelConfig
-from ssam.lora import inject_lora
-from ssam.methods import configure_trainable, get_method
 from ssam.model import SSAM
 from ssam.sam.build import build_empty_sam, build_sam
 from ssam.sam.checkpoint import load_sam_weights
 from ssam.sam.variants import get_sam_spec
-from ssam.svd import inject_svd
-from ssam.svd_cache import load_svd_factors, save_svd_factors
 from ssam.text import TextAffine, build_text_encoder, get_text_spec
+from ssam.tuning.lora import inject_lora
+from ssam.tuning.methods import configure_trainable, get_method
+from ssam.tuning.svd import inject_svd
+from ssam.tuning.svd_cache import load_svd_factors, save_svd_factors
 from ssam.weights import file_sha256, resolve_weights
 
 log = logging.getLogger(__name__)

@@ -11,10 +11,10 @@ import pytest
 import torch
 from web_helpers import MIB, TINY_SIZE, WEB_LABELS
 
-from ssam.adapter import save_adapter
 from ssam.config.model import ModelConfig
 from ssam.factory import create_model
-from ssam.predictor import SSAMPredictor
+from ssam.inference.predictor import SSAMPredictor
+from ssam.tuning.adapter import save_adapter
 from ssam.web.app import create_app
 from ssam.web.server import BackgroundServer
 from ssam.web.settings import ServerSettings

@@ -10,7 +10,7 @@ from ssam.errors import ConfigError
 if TYPE_CHECKING:
     from ssam.config.data import IntensityConfig
     from ssam.config.train import TrainConfig
-    from ssam.predictor import SSAMPredictor
+    from ssam.inference.predictor import SSAMPredictor
 
 
 def quick_dataset_overrides(data: Path, label: str | None) -> list[str]:
@@ -65,7 +65,7 @@ def load_predictor(
     **kwargs,
 ) -> SSAMPredictor:
     """A predictor from an adapter (plus base files) or from a merged checkpoint."""
-    from ssam.predictor import SSAMPredictor
+    from ssam.inference.predictor import SSAMPredictor
 
     if (adapter is None) == (merged is None):
         raise ConfigError("give exactly one of --adapter and --merged")

@@ -21,8 +21,8 @@ def evaluate_entry(
 ) -> None:
     """Score an adapter at the original resolution (volumes as volumes, HD95 in mm)."""
     from ssam.cli.common import build_config
-    from ssam.evaluate import evaluate
-    from ssam.metrics import EMPTY_GT_POLICY
+    from ssam.evaluation.evaluate import evaluate
+    from ssam.evaluation.metrics import EMPTY_GT_POLICY
 
     if split not in ("train", "val", "test"):
         raise typer.BadParameter(f"split must be train, val or test, not {split!r}")

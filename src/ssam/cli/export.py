@@ -56,7 +56,7 @@ def export_entry(
     """Export the image encoder and mask decoder (adapter merged) and check them against
     PyTorch in onnxruntime; exits with status 1 if logits differ by 1e-3 or more."""
     from ssam.cli.common import load_predictor
-    from ssam.export import check_onnx, export_onnx
+    from ssam.inference.export import check_onnx, export_onnx
 
     if not onnx:
         raise ConfigError("choose an export format: --onnx")

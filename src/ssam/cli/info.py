@@ -18,10 +18,10 @@ def info_entry(
     offline: bool = typer.Option(False, help="never download"),
 ) -> None:
     """Load and verify a base checkpoint (and an adapter on it); print what was loaded."""
-    from ssam.adapter import load_adapter
     from ssam.config.model import ModelConfig
     from ssam.factory import create_model
-    from ssam.methods import configure_trainable
+    from ssam.tuning.adapter import load_adapter
+    from ssam.tuning.methods import configure_trainable
 
     config = ModelConfig(
         variant=model,

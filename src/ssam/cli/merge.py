@@ -18,7 +18,7 @@ def merge_entry(
     """Write OUTPUT (SAM's own key layout, loadable by segment_anything at input size 1024)
     and OUTPUT's companion NAME.ssam.safetensors (text-affine layer, trained labels' CLIP
     features, config with the input size)."""
-    from ssam.merge import merge_adapter
+    from ssam.inference.merge import merge_adapter
 
     files = merge_adapter(adapter, output, sam_checkpoint, clip_checkpoint, not offline)
     console = Console()

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 def compute_parameter_report(config: ModelConfig) -> dict:
     """Trainable count per group, total, and share of the official SAM variant's parameters."""
     from ssam.factory import count_sam_parameters, create_architecture
-    from ssam.methods import configure_trainable
+    from ssam.tuning.methods import configure_trainable
 
     model = create_architecture(config)
     groups = configure_trainable(model, config.method)

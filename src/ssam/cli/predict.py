@@ -12,7 +12,7 @@ from rich.table import Table
 from ssam.errors import ConfigError
 
 if TYPE_CHECKING:
-    from ssam.predict_files import CaseOutcome
+    from ssam.inference.files import CaseOutcome
 
 
 def parse_labels(values: list[str] | None) -> tuple[str, ...] | None:
@@ -83,8 +83,8 @@ def predict_entry(
     Exits with status 1 when any case failed (the summary names each with its reason).
     """
     from ssam.cli.common import load_option_predictor
-    from ssam.predict_files import CaseOutcome, PredictOptions, predict_cases
-    from ssam.prediction_inputs import discover_cases
+    from ssam.inference.files import CaseOutcome, PredictOptions, predict_cases
+    from ssam.inference.inputs import discover_cases
 
     labels = parse_labels(label)
     predictor = load_option_predictor(

@@ -13,7 +13,7 @@ from ssam.web.settings import MIB, ServerSettings
 
 def model_info(adapter: Path | None, merged: Path | None) -> dict:
     """What ``GET /v1/labels`` tells about the model: file name and training settings."""
-    from ssam.adapter import read_adapter
+    from ssam.tuning.adapter import read_adapter
 
     if adapter is None:
         return {"merged": merged.name if merged is not None else None}

@@ -6,10 +6,10 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
-from ssam.methods import METHODS
 from ssam.sam.variants import SAM_VARIANTS
-from ssam.svd import DEFAULT_TARGETS
 from ssam.text import TEXT_ENCODERS
+from ssam.tuning.methods import METHODS
+from ssam.tuning.svd import DEFAULT_TARGETS
 
 
 class ModelConfig(BaseModel):

@@ -17,11 +17,11 @@ from torch.utils.data import DataLoader
 from ssam.config.data import DatasetConfig
 from ssam.data.layouts import load_cases
 from ssam.data.samples import build_samples
-from ssam.losses import segmentation_loss
 from ssam.model import SSAM
 from ssam.sam.build import build_random_sam
 from ssam.sam.variants import SamSpec
 from ssam.text import TextAffine
+from ssam.train.losses import segmentation_loss
 from ssam.train.validate import compute_batch_dice
 
 SAM_PREFIXES = ("image_encoder.", "prompt_encoder.", "mask_decoder.")

@@ -11,7 +11,7 @@ matplotlib.use("Agg")  # files only, no screen
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from ssam.overlay import add_legend, blend_overlay, save_png, tile_images, to_rgb  # noqa: E402
+from ssam.inference.overlay import add_legend, blend_overlay, save_png, tile_images, to_rgb  # noqa: E402
 
 
 def _smooth(values: Sequence[float], width: int = 10) -> np.ndarray:

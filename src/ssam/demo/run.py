@@ -22,24 +22,24 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ssam.adapter import save_adapter
 from ssam.config.data import AugmentConfig, DatasetConfig, IntensityConfig, SplitConfig
 from ssam.config.model import ModelConfig
 from ssam.config.train import OptimConfig, TrainConfig
 from ssam.data.cases import read_case_image, read_case_labels
 from ssam.demo.foundation import pretrain_foundation
+from ssam.demo.phantoms import PRETRAIN_STRUCTURES, write_phantom_dataset
 from ssam.demo.plots import plot_learning_curves, render_panels
 from ssam.errors import ConfigError
-from ssam.evaluate import evaluate, select_split_cases
+from ssam.evaluation.evaluate import evaluate, select_split_cases
 from ssam.factory import create_model
-from ssam.phantoms import PRETRAIN_STRUCTURES, write_phantom_dataset
-from ssam.predict_files import PredictOptions, predict_cases
-from ssam.prediction_inputs import InputCase
-from ssam.predictor import SSAMPredictor
+from ssam.inference.files import PredictOptions, predict_cases
+from ssam.inference.inputs import InputCase
+from ssam.inference.predictor import SSAMPredictor
 from ssam.sam.checkpoint import save_state_dict
 from ssam.sam.variants import get_sam_spec
 from ssam.train import train
 from ssam.train.log import read_log
+from ssam.tuning.adapter import save_adapter
 from ssam.weights import get_cache_dir
 
 MARKER = "demo.json"

@@ -23,18 +23,18 @@ from accelerate.utils import gather_object
 from torch.utils.data import DataLoader, default_collate
 from tqdm.auto import tqdm
 
-from ssam.adapter import adapter_state_dict, save_adapter
 from ssam.config.train import TrainConfig, dump_train_config
 from ssam.errors import ConfigError
+from ssam.evaluation.report import write_text_atomic
 from ssam.factory import create_model
-from ssam.losses import segmentation_loss
-from ssam.report import write_text_atomic
-from ssam.svd import compute_svd_regulariser
 from ssam.train.batches import compute_epoch_order, group_for_accumulation, split_batches
 from ssam.train.data import TrainingData, build_training_data
 from ssam.train.log import RunLogger
+from ssam.train.losses import segmentation_loss
 from ssam.train.state import STATE_FILE, Progress, load_training_state, save_training_state
 from ssam.train.validate import compute_batch_dice, score_samples, summarise_scores
+from ssam.tuning.adapter import adapter_state_dict, save_adapter
+from ssam.tuning.svd import compute_svd_regulariser
 
 log = logging.getLogger(__name__)
 

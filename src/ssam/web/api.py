@@ -13,7 +13,7 @@ from fastapi import APIRouter, Depends, File, Form, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
-from ssam.overlay import PALETTE
+from ssam.inference.overlay import PALETTE
 from ssam.web.reports import segment_payload
 from ssam.web.services import Services, admit_upload, await_job, get_services
 

@@ -16,7 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
-from ssam.predictor import SSAMPredictor
+from ssam.inference.predictor import SSAMPredictor
 from ssam.web import api, job_routes
 from ssam.web.cache import EmbeddingCache
 from ssam.web.engine import SegmentationEngine

@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from ssam.data.io import label_map_suffix, take_slice, write_label_map
-from ssam.overlay import add_legend, blend_overlay, to_rgb
+from ssam.inference.overlay import add_legend, blend_overlay, to_rgb
 from ssam.web.engine import SLICE_AXIS, WebSegmentation
 from ssam.web.errors import Unprocessable
 

@@ -23,8 +23,13 @@ import torch
 from ssam.config.data import IntensityConfig
 from ssam.data.properties import ImageProperties, take_slice
 from ssam.data.transforms import PreprocessInfo
-from ssam.label_maps import compute_label_map, compute_label_sizes, compute_masks, label_map_dtype
-from ssam.predictor import SSAMPredictor
+from ssam.inference.label_maps import (
+    compute_label_map,
+    compute_label_sizes,
+    compute_masks,
+    label_map_dtype,
+)
+from ssam.inference.predictor import SSAMPredictor
 from ssam.text import normalise_label
 from ssam.web.cache import EmbeddingCache, tensor_bytes
 from ssam.web.errors import JobCancelled, Unprocessable

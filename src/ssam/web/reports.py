@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ssam.overlay import label_colours
+from ssam.inference.overlay import label_colours
 from ssam.web.encoding import encode_array
 from ssam.web.engine import SLICE_AXIS, WebSegmentation
 

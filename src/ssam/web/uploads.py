@@ -25,7 +25,7 @@ import numpy as np
 from ssam.data.io import read_header, read_image
 from ssam.data.properties import ImageProperties
 from ssam.errors import DataError
-from ssam.prediction_inputs import spacing_is_known
+from ssam.inference.inputs import spacing_is_known
 from ssam.web.errors import PayloadTooLarge, Unprocessable, UnsupportedMedia
 from ssam.web.settings import ServerSettings
 

@@ -37,11 +37,11 @@ from ssam.data.transforms import (
     scale_intensity,
 )
 from ssam.errors import ConfigError, DataError
-from ssam.label_maps import compute_label_map, compute_label_sizes, compute_masks
-from ssam.loading import load_adapted_model
-from ssam.merge import load_merged
+from ssam.inference.inputs import array_properties, spacing_is_known
+from ssam.inference.label_maps import compute_label_map, compute_label_sizes, compute_masks
+from ssam.inference.loading import load_adapted_model
+from ssam.inference.merge import load_merged
 from ssam.model import SSAM
-from ssam.prediction_inputs import array_properties, spacing_is_known
 from ssam.text import normalise_label
 
 ImageSource = str | Path | np.ndarray
@@ -143,7 +143,7 @@ class SSAMPredictor:
         device: torch.device | str = "cpu",
         **kwargs,
     ) -> SSAMPredictor:
-        """A merged checkpoint and its companion (see ``ssam.merge``)."""
+        """A merged checkpoint and its companion (see ``ssam.inference.merge``)."""
         model = load_merged(checkpoint, companion, clip_checkpoint, device=device)
         return cls(model, model.labels, **kwargs)
 

@@ -35,9 +35,9 @@ from ssam.data.io import NIFTI_SUFFIXES, file_suffix, read_image, write_label_ma
 from ssam.data.properties import ImageProperties
 from ssam.data.transforms import scale_intensity
 from ssam.errors import SSAMError
-from ssam.overlay import add_legend, blend_overlay, render_volume_overlay, save_png
-from ssam.prediction_inputs import InputCase
-from ssam.predictor import Segmentation, SSAMPredictor
+from ssam.inference.inputs import InputCase
+from ssam.inference.overlay import add_legend, blend_overlay, render_volume_overlay, save_png
+from ssam.inference.predictor import Segmentation, SSAMPredictor
 
 # Per-case failures that are the input's fault (or its size); anything else is a bug and stops.
 CASE_ERRORS = (SSAMError, ValueError, OSError, RuntimeError, MemoryError)

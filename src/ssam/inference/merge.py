@@ -29,19 +29,19 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from ssam.adapter import META_KEY, read_tagged_safetensors
 from ssam.atomic import atomic_path
 from ssam.errors import CheckpointError, ConfigError
 from ssam.factory import BaseInfo, build_text_tower
-from ssam.loading import load_adapted_model, model_config_from_adapter
-from ssam.lora import merge_lora
-from ssam.methods import get_method
+from ssam.inference.loading import load_adapted_model, model_config_from_adapter
 from ssam.model import SSAM
 from ssam.sam.build import build_empty_sam
 from ssam.sam.checkpoint import load_sam_weights, read_state_dict, save_state_dict
 from ssam.sam.variants import get_sam_spec
-from ssam.svd import merge_svd
 from ssam.text import TextAffine, TextEncoder, normalise_label
+from ssam.tuning.adapter import META_KEY, read_tagged_safetensors
+from ssam.tuning.lora import merge_lora
+from ssam.tuning.methods import get_method
+from ssam.tuning.svd import merge_svd
 from ssam.weights import file_sha256
 
 MERGED_FORMAT = "ssam-merged"

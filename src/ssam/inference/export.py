@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from ssam.data.transforms import SAM_PIXEL_MEAN, SAM_PIXEL_STD, preprocess_image
-from ssam.merge import merge_adapted_weights
+from ssam.inference.merge import merge_adapted_weights
 from ssam.model import SSAM
 
 OPSET = 17

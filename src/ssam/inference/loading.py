@@ -11,11 +11,11 @@ from pathlib import Path
 
 import torch
 
-from ssam.adapter import load_adapter, read_adapter
 from ssam.config.model import ModelConfig
 from ssam.errors import AdapterError
 from ssam.factory import create_model
 from ssam.model import SSAM
+from ssam.tuning.adapter import load_adapter, read_adapter
 
 # Adapter config keys that become ModelConfig fields of the same name.
 _CONFIG_KEYS = ("variant", "image_size", "method", "text_encoder")

@@ -14,7 +14,7 @@ Empty masks (see ``EMPTY_GT_POLICY``):
 * ground truth and prediction both empty: Dice 1, IoU 1, HD95 0 (a correct "absent");
 * exactly one of them empty: Dice 0, IoU 0, HD95 NaN. A surface distance to nothing is
   undefined; the NaN is reported per case, excluded from HD95 means, and the number of
-  exclusions is counted (``ssam.report.MetricsTable``). Dice 0 already penalises the case.
+  exclusions is counted (``ssam.evaluation.report.MetricsTable``). Dice 0 already penalises the case.
 """
 
 from __future__ import annotations
@@ -126,7 +126,7 @@ def compute_case_metrics(
     if gt_empty or pred_empty:
         return {**EMPTY_SCORES[(gt_empty, pred_empty)], **flags}
 
-    # imported here: monai.metrics takes seconds to import, and ssam.report needs only the policy
+    # imported here: monai.metrics takes seconds to import, and ssam.evaluation.report needs only the policy
     from monai.metrics import compute_dice, compute_hausdorff_distance, compute_iou
 
     pred, target = _crop_to_union(pred, target)

@@ -1,9 +1,9 @@
 """Collect per-case metrics and write ``metrics.csv``, ``summary.json`` and a terminal table.
 
-``MetricsTable`` is the accumulator around the pure ``ssam.metrics.compute_case_metrics``:
+``MetricsTable`` is the accumulator around the pure ``ssam.evaluation.metrics.compute_case_metrics``:
 one row per (case, label), optional extra columns (e.g. ``dataset``), then per-label
 aggregates. NaN HD95 values (one of ground truth / prediction empty, see
-``ssam.metrics.EMPTY_GT_POLICY``) are kept in the CSV and left out of HD95 statistics, with
+``ssam.evaluation.metrics.EMPTY_GT_POLICY``) are kept in the CSV and left out of HD95 statistics, with
 their count reported. Every file is written atomically (temp file in the same folder, then
 ``os.replace``), so a reader never sees half a file.
 """
@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from ssam.atomic import write_text_atomic
-from ssam.metrics import EMPTY_GT_POLICY, METRIC_NAMES
+from ssam.evaluation.metrics import EMPTY_GT_POLICY, METRIC_NAMES
 
 __all__ = ["CORE_COLUMNS", "MetricsRow", "MetricsTable", "write_text_atomic"]
 

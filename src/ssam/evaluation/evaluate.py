@@ -6,7 +6,7 @@ lesion inside an organ counts as found even where the organ's probability is hig
 label map of ``ssam predict`` gives such pixels to the more probable label). Volumes are
 scored as volumes with HD95 in mm from the voxel spacing; 2D images in pixels. How empty
 ground truths
-count is ``ssam.metrics.EMPTY_GT_POLICY``, written into ``summary.json``.
+count is ``ssam.evaluation.metrics.EMPTY_GT_POLICY``, written into ``summary.json``.
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ from ssam.data.io import read_header
 from ssam.data.layouts import load_cases
 from ssam.data.splits import split_dataset
 from ssam.errors import DataError
-from ssam.metrics import compute_case_metrics
-from ssam.predictor import SSAMPredictor
-from ssam.report import MetricsTable
+from ssam.evaluation.metrics import compute_case_metrics
+from ssam.evaluation.report import MetricsTable
+from ssam.inference.predictor import SSAMPredictor
 
 Split = Literal["train", "val", "test"]
 

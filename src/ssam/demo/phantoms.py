@@ -341,7 +341,7 @@ def write_phantom_dataset(
     dataset = {
         "name": "S-SAM phantom",
         "description": f"Synthetic CT-like abdominal slices (seed {seed}), CT window level "
-        f"{window[0]} / width {window[1]} HU mapped to 0-255; see ssam.phantoms.",
+        f"{window[0]} / width {window[1]} HU mapped to 0-255; see ssam.demo.phantoms.",
         "channel_names": {"0": "CT"},
         "labels": names,
         "numTraining": n_cases,

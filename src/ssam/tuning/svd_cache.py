@@ -12,7 +12,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from ssam.atomic import atomic_path
-from ssam.svd import SVDFactors
+from ssam.tuning.svd import SVDFactors
 from ssam.weights import get_cache_dir
 
 _PARTS = ("U", "S", "Vh")
