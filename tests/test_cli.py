@@ -3,6 +3,7 @@
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 from typer.testing import CliRunner
 
@@ -83,3 +84,15 @@ def test_command_line_starts_without_the_model_libraries():
         result = runner.invoke(app, [command, "--help"])
         assert result.exit_code == 0, (command, result.output)
         assert "Usage" in result.output
+
+
+def test_checkpoint_flags_are_stored_as_absolute_paths(tmp_path, monkeypatch, shared_data):
+    """A run's config.yaml is read back relative to the run folder: flags given relative to
+    the working directory must be stored absolute, or `ssam evaluate RUN/config.yaml` breaks."""
+    from ssam.cli.common import build_config
+
+    monkeypatch.chdir(tmp_path)
+    data = shared_data / "kvasir-seg"
+    config = build_config(None, data, "polyp", [], Path("sam.pth"), Path("clip.pt"))
+    assert config.model.sam_checkpoint == tmp_path / "sam.pth"
+    assert config.model.clip_checkpoint == tmp_path / "clip.pt"

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -96,3 +99,31 @@ def test_example_configs_validate(path, shared_data):
     assert config.optim.lr == 1e-4 and config.batch_size == 32
     for dataset in config.datasets:
         assert dataset.path.is_dir(), dataset.path
+
+
+def _ssam(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "ssam", *args]
+    return subprocess.run(command, capture_output=True, text=True, env=env, cwd=cwd, timeout=300)
+
+
+def test_cli_scores_the_untrained_model_on_a_whole_dataset(tmp_path, tiny_checkpoint, shared_data):
+    root = link_subset(shared_data / "glas", tmp_path / "glas", 5)
+    tiny = [a for o in TINY for a in ("--set", o)]
+    common = ["--data", str(root), "--label", "gland", "--sam-checkpoint", str(tiny_checkpoint)]
+    out = tmp_path / "baseline"
+    done = _ssam(
+        "evaluate", *common, *tiny, "--split", "all", "--output-dir", str(out), cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "no --adapter: scoring the untrained base model" in done.stderr
+    assert "all split of glas: all 5 labelled cases" in done.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["model"].startswith("untrained") and summary["split"] == "all"
+    assert len(_read_rows(out)) == 5
+    # a dataset with nothing in 'val' says how to score it whole, in one line
+    done = _ssam(
+        "evaluate", *common, *tiny, "--set", "datasets.0.split.val_fraction=0", cwd=tmp_path
+    )
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "no dataset has cases in the 'val' split; --split all" in done.stderr

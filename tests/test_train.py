@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 
 from ssam.config.train import load_train_config
 from ssam.errors import ConfigError, DataError
+from ssam.factory import create_model
 from ssam.inference.loading import load_adapted_model
 from ssam.train import train
 from ssam.train.data import build_training_data
@@ -91,7 +92,9 @@ def test_train_folder_layout_writes_run_folder(tmp_path, tiny_checkpoint, kvasir
     assert list((run / "tensorboard").iterdir())
     records = read_log(run / "metrics.jsonl")
     epochs = [r for r in records if r["kind"] == "epoch"]
-    assert len(epochs) == 2 and all(0.0 <= r["val_dice"] <= 1.0 for r in epochs)
+    assert [r["epoch"] for r in epochs] == [-1, 0, 1]  # -1: the untrained model, at step 0
+    assert epochs[0]["step"] == 0 and epochs[0]["train_loss"] is None
+    assert all(0.0 <= r["val_dice"] <= 1.0 for r in epochs)
     steps = [r for r in records if r["kind"] == "train"]
     assert steps[-1]["step"] == result.progress.step == 2 * 3  # 10 train cases / batch 4
     assert result.labels == ["polyp"]
@@ -228,9 +231,37 @@ def test_two_processes_on_cpu(tmp_path, tiny_checkpoint, kvasir_small):
     assert (tmp_path / "ddp" / "last.safetensors").is_file()
     # The processes split validation between them and gather: every sample scored once, and
     # the gathered score is that of the saved adapter on the whole validation set.
-    (epoch,) = [r for r in records if r["kind"] == "epoch"]
+    (epoch,) = [r for r in records if r["kind"] == "epoch" and r["epoch"] == 0]
     val_set = build_training_data(load_train_config(tmp_path / "ddp" / "config.yaml", [])).val_set
     assert epoch["val_n"] == len(val_set) == 2
     model, _ = load_adapted_model(tmp_path / "ddp" / "best.safetensors", tiny_checkpoint)
     single = validate(model, val_set, 2, torch.device("cpu"), contextlib.nullcontext)
     assert single["dice"] == pytest.approx(epoch["val_dice"], abs=1e-4)
+
+
+def test_a_run_starts_with_the_untrained_model_and_records_its_split(
+    tmp_path, tiny_checkpoint, shared_data
+):
+    src = shared_data / "curvas-ct"
+    cases = sorted({p.name.rsplit("_", 1)[0] for p in (src / "imagesTr").iterdir()})[:8]
+    root = link_nnunet_subset(src, tmp_path / "curvas", cases)
+    datasets = [{"path": str(root), "layout": "nnunet", "split": {"val_fraction": 0.3}}]
+    config = _config(tmp_path, tiny_checkpoint, datasets, "max_steps=1", "seed=3")
+    result = train(config)
+    records = read_log(result.run_dir / "metrics.jsonl")
+    (split,) = [r for r in records if r["kind"] == "split"]
+    saved = json.loads((result.run_dir / "split.json").read_text())["curvas"]
+    # curvas_PATIENT_SLICE names: slices of one patient stay on one side
+    patients = [{c.rsplit("_", 1)[0] for c in saved[side]} for side in ("train", "val")]
+    assert patients[0] and patients[1] and not patients[0] & patients[1]
+    assert split["val"] == {"cases": len(saved["val"]), "groups": len(patients[1])}
+    assert split["source"] == "seeded fraction 0.3 (seed 0)"
+    assert (result.run_dir / "config.yaml").read_text().startswith("# split of curvas: seeded")
+    # the step-0 record is the untrained model's validation (same seed, same build)
+    baseline = next(r for r in records if r["kind"] == "epoch")
+    assert baseline["epoch"] == -1 and baseline["step"] == 0
+    torch.manual_seed(config.seed)
+    untrained = create_model(config.model)
+    data = build_training_data(config)
+    expected = validate(untrained, data.val_set, 4, torch.device("cpu"), contextlib.nullcontext)
+    assert baseline["val_dice"] == pytest.approx(expected["dice"], abs=1e-6)

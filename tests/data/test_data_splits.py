@@ -4,13 +4,25 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from ssam.config.data import SplitConfig
-from ssam.data.layouts import discover_nnunet_cases
+from ssam.data.cases import Case
+from ssam.data.layouts import discover_folder_cases, discover_nnunet_cases
 from ssam.data.samples import SegmentationSamples
-from ssam.data.splits import group_key, split_by_fraction, split_dataset
+from ssam.data.splits import (
+    DEFAULT_GROUP_PATTERN,
+    SplitLeakWarning,
+    group_key,
+    infer_groups,
+    split_by_fraction,
+    split_dataset,
+)
 from ssam.errors import DataError
+
+LABELS = {"background": 0, "liver": 1, "kidney": 2}
 
 
 def _ids(cases):
@@ -70,3 +82,107 @@ def test_nnunet_splits_final_and_test_set(tmp_path, make_nnunet_2d):
         split_dataset(cases, SplitConfig(source="dataset", fold=5), root)
     with pytest.warns(UserWarning, match="unknown cases"):
         split_dataset(cases[1:], config, root)
+
+
+def _write_pairs(root, names, size=(24, 28)):
+    """A folder-layout dataset of real PNG pairs named ``names``."""
+    for sub in ("images", "masks"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    for i, name in enumerate(names):
+        mask = np.zeros(size, np.uint8)
+        mask[4 + i % 5 : 14, 6:18] = 255
+        Image.fromarray(mask // 2 + 40).save(root / "images" / f"{name}.png")
+        Image.fromarray(mask).save(root / "masks" / f"{name}.png")
+    return root
+
+
+def _nnunet_slices(root, patients=4, slices=5):
+    """An nnU-Net 2D dataset whose cases are slices ``pat{P}_{S}`` of a few patients, with a
+    ``splits_final.json`` that keeps each patient on one side (what nnU-Net users ship)."""
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    (root / "dataset.json").write_text(
+        json.dumps({"channel_names": {"0": "CT"}, "labels": LABELS, "file_ending": ".png"})
+    )
+    ids = [f"pat{p}_{s:03d}" for p in range(patients) for s in range(slices)]
+    for case in ids:
+        labels = np.zeros((20, 24), np.uint8)
+        labels[5:12, 6:15] = 1
+        Image.fromarray(labels * 90 + 10).save(root / "imagesTr" / f"{case}_0000.png")
+        Image.fromarray(labels).save(root / "labelsTr" / f"{case}.png")
+    val = [c for c in ids if c.startswith("pat3_")]
+    folds = [{"train": [c for c in ids if c not in val], "val": val}]
+    (root / "splits_final.json").write_text(json.dumps(folds))
+    return root, ids
+
+
+def _patients(cases):
+    return {c.case_id.split("_")[0] for c in cases}
+
+
+def test_dataset_split_file_is_the_default(tmp_path):
+    root, _ = _nnunet_slices(tmp_path / "ds")
+    split = split_dataset(discover_nnunet_cases(root), SplitConfig(), root)
+    assert _patients(split.val) == {"pat3"} and "pat3" not in _patients(split.train)
+    assert split.describe()["source"] == "splits_final.json fold 0"
+    assert split.describe()["val"] == {"cases": 5, "groups": 1}
+    forced = split_dataset(discover_nnunet_cases(root), SplitConfig(source="fraction"), root)
+    assert forced.source.startswith("seeded fraction")
+
+
+def test_default_fraction_split_keeps_slices_of_a_patient_together(tmp_path):
+    root, _ = _nnunet_slices(tmp_path / "ds", patients=6)
+    (root / "splits_final.json").unlink()
+    cases = discover_nnunet_cases(root)
+    for seed in range(5):
+        split = split_dataset(cases, SplitConfig(val_fraction=0.34, seed=seed), root)
+        assert split.val and not _patients(split.train) & _patients(split.val)
+        assert split.describe()["train"]["groups"] + split.describe()["val"]["groups"] == 6
+    with pytest.warns(SplitLeakWarning, match="on both sides"):
+        split_dataset(cases, SplitConfig(val_fraction=0.34, group_pattern="none"), root)
+
+
+def test_a_leaking_dataset_split_file_is_warned_about(tmp_path):
+    root, ids = _nnunet_slices(tmp_path / "ds")
+    folds = [{"train": ids[::2], "val": ids[1::2]}]  # slices of every patient on both sides
+    (root / "splits_final.json").write_text(json.dumps(folds))
+    with pytest.warns(SplitLeakWarning, match="4 name groups"):
+        split_dataset(discover_nnunet_cases(root), SplitConfig(), root)
+
+
+def test_video_frames_are_grouped_by_sequence(tmp_path):
+    names = [f"seq{s}_frame{f:03d}" for s in range(5) for f in range(4)]
+    root = _write_pairs(tmp_path / "frames", names)
+    cases = discover_folder_cases(root, "polyp")
+    split = split_dataset(cases, SplitConfig(val_fraction=0.2, seed=1), root)
+    sequences = [{c.case_id.split("_")[0] for c in side} for side in (split.train, split.val)]
+    assert len(split.val) == 4 and len(sequences[1]) == 1 and not sequences[0] & sequences[1]
+    assert "auto: name pattern" in split.grouping
+
+
+@pytest.mark.parametrize(
+    ("case_id", "group"),
+    [
+        ("curvas_10001_458", "curvas_10001"),
+        ("seq12_frame003", "seq12"),
+        ("patient001-slice10", "patient001"),
+        ("CHNCXR_0001_0", "CHNCXR_0001"),
+        ("testA_25", "testA_25"),  # no id with a digit before the number: alone
+        ("cju0qkwl35piu0993l0dewei2", "cju0qkwl35piu0993l0dewei2"),
+    ],
+)
+def test_default_group_pattern(case_id, group):
+    assert group_key(case_id, DEFAULT_GROUP_PATTERN) == group
+
+
+def test_names_without_groups_and_volumes_stay_alone(tmp_path, make_nnunet_3d):
+    root = _write_pairs(tmp_path / "glas", [f"testA_{i}" for i in range(6)])
+    cases = discover_folder_cases(root, "gland")
+    assert infer_groups(cases) is None
+    split = split_dataset(cases, SplitConfig(val_fraction=0.34), root)
+    assert split.grouping.startswith("auto: none found") and len(split.val) == 2
+    # volumes named like slices (BraTS2021_00001, ...) are still one group each
+    names = ["brats2021_00001", "brats2021_00002", "brats2021_00003"]
+    fake = [Case(n, (root / "images" / "testA_0.png",), None, {}, "x") for n in names]
+    assert infer_groups(fake, is_volume=lambda case: True) is None
+    assert infer_groups(fake, is_volume=lambda case: False) is None  # one group: not a split

@@ -37,8 +37,8 @@ def build_config(
 
     if data is not None:
         overrides = quick_dataset_overrides(data, label) + list(overrides)
-    fields["model.sam_checkpoint"] = sam_checkpoint and str(sam_checkpoint)
-    fields["model.clip_checkpoint"] = clip_checkpoint and str(clip_checkpoint)
+    fields["model.sam_checkpoint"] = sam_checkpoint and str(sam_checkpoint.resolve())
+    fields["model.clip_checkpoint"] = clip_checkpoint and str(clip_checkpoint.resolve())
     return load_train_config(config, list(overrides), **fields)
 
 

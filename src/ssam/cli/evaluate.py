@@ -1,4 +1,5 @@
-"""``ssam evaluate``: Dice, IoU and HD95 per case and label of a trained adapter on a split."""
+"""``ssam evaluate``: Dice, IoU and HD95 per case and label of an adapter (or, without one, of
+the untrained base model: the baseline) on a split."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ import typer
 
 def evaluate_entry(
     config: Path | None = typer.Argument(None, help="the training config (datasets and split)"),
-    adapter: Path = typer.Option(..., help="adapter file (e.g. RUN/best.safetensors)"),
-    split: str = typer.Option("val", help="train, val or test"),
+    adapter: Path | None = typer.Option(
+        None, help="adapter file (e.g. RUN/best.safetensors); none: score the untrained model"
+    ),
+    split: str = typer.Option("val", help="train, val, test, or all (every labelled case)"),
     data: Path | None = typer.Option(None, help="one dataset folder, instead of a config"),
     label: str | None = typer.Option(None, help="label name for --data"),
     output_dir: Path | None = typer.Option(None, help="where metrics.csv and summary.json go"),
@@ -21,13 +24,17 @@ def evaluate_entry(
 ) -> None:
     """Score an adapter at the original resolution (volumes as volumes, HD95 in mm)."""
     from ssam.cli.common import build_config
-    from ssam.evaluation.evaluate import evaluate
+    from ssam.evaluation.evaluate import SPLITS, UNTRAINED, evaluate
     from ssam.evaluation.metrics import EMPTY_GT_POLICY
 
-    if split not in ("train", "val", "test"):
-        raise typer.BadParameter(f"split must be train, val or test, not {split!r}")
+    if split not in SPLITS:
+        raise typer.BadParameter(f"split must be one of {', '.join(SPLITS)}, not {split!r}")
     cfg = build_config(config, data, label, set_, sam_checkpoint, clip_checkpoint)
+    if adapter is None:
+        typer.echo(f"no --adapter: scoring the {UNTRAINED}, a baseline", err=True)
     result = evaluate(cfg, adapter, split, output_dir, batch_size)  # type: ignore[arg-type]
+    for name, how in result.table.context["splits"].items():
+        typer.echo(f"{split} split of {name}: {how}", err=True)
     typer.echo(result.table.render())
     typer.echo(f"empty ground truth: {EMPTY_GT_POLICY}")
     typer.echo(f"{result.n_cases} cases; metrics in {result.output_dir}")

@@ -9,7 +9,7 @@ Example (YAML)::
     path: data/abdomen-ct          # NIfTI volumes in Hounsfield units
     layout: nnunet
     intensity: {preset: ct, window_level: 40, window_width: 400}
-    split: {val_fraction: 0.2, seed: 0, group_pattern: "^(patient\\d+)_"}
+    split: {val_fraction: 0.2, seed: 0, group_pattern: "^(patient\\d+)_"}  # default: auto
     neg_ratio: 1.0
 """
 
@@ -112,20 +112,24 @@ class AugmentConfig(_Strict):
 
 
 class SplitConfig(_Strict):
-    """Train/validation split, always by case (never by slice).
+    """Train/validation split, always by case (never by slice), and by group where names say
+    that cases are slices or frames of one patient or sequence (``ssam.data.splits``).
 
-    ``source='fraction'``: a seeded random ``val_fraction`` of the cases (or of the groups
-    given by ``group_pattern``, a regex on the case id whose first group, or whole match,
-    names e.g. the patient, so slices of one patient stay together).
-    ``source='dataset'``: fold ``fold`` of the dataset's nnU-Net ``splits_final.json``.
-    The nnU-Net ``imagesTs`` cases are the test set in both modes.
+    ``source='auto'`` (default): the dataset's own split where it ships one (nnU-Net
+    ``splits_final.json``, fold ``fold``), else a seeded fraction.
+    ``source='fraction'``: a seeded random ``val_fraction`` of the groups.
+    ``source='dataset'``: fold ``fold`` of ``splits_final.json`` (an error if absent).
+    ``group_pattern``: ``auto`` (default) groups 2D cases named PATIENT_SLICE or SEQ_FRAME
+    (an id with a digit, ``_`` or ``-``, a number); ``none``: each case alone; otherwise a regex
+    on the case id whose first group, or whole match, names the group.
+    The nnU-Net ``imagesTs`` cases are the test set in every mode.
     """
 
-    source: Literal["fraction", "dataset"] = "fraction"
+    source: Literal["auto", "fraction", "dataset"] = "auto"
     val_fraction: float = Field(default=0.2, ge=0.0, lt=1.0)
     seed: int = Field(default=0, ge=0)
     fold: int = Field(default=0, ge=0)
-    group_pattern: str | None = None
+    group_pattern: str | None = "auto"
 
     @field_validator("group_pattern")
     @classmethod

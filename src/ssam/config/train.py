@@ -54,6 +54,7 @@ class TrainConfig(BaseModel):
         None, ge=1, description="draws per epoch when sampling by dataset weight (default: all)"
     )
     val_every: int = Field(1, ge=1, description="validate every N epochs")
+    val_at_start: bool = Field(True, description="validate the untrained model first (epoch -1)")
     checkpoint_every: int = Field(
         50, ge=1, description="also save the resumable state every N steps"
     )

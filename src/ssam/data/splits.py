@@ -1,11 +1,21 @@
-"""Train / validation / test splits, always by case (a volume's slices never straddle).
+"""Train / validation / test splits, always by case (a volume's slices never straddle), and by
+group where cases are slices or frames of one patient or sequence.
 
-- Seeded fraction: a permutation of the sorted case ids (or of groups of case ids, e.g.
-  the patient of 2D slices, via a regex) drawn from ``seed``: the same seed gives the same
-  split whatever order the cases were discovered in.
-- The dataset's own split: fold ``fold`` of nnU-Net's ``splits_final.json`` (a list of
-  {"train": [...], "val": [...]}) in the dataset folder.
-- Test: the nnU-Net ``imagesTs`` cases, passed in as ``test_cases``.
+Which split (``SplitConfig.source``):
+- ``auto`` (default): the dataset's own split where it ships one (nnU-Net ``splits_final.json``,
+  fold ``fold``), else a seeded fraction.
+- ``dataset``: fold ``fold`` of ``splits_final.json`` (a list of {"train": [...], "val": [...]});
+  an error if the file is absent.
+- ``fraction``: a permutation of the sorted groups drawn from ``seed`` (the same seed gives the
+  same split whatever order the cases were discovered in).
+
+Groups (``SplitConfig.group_pattern``): ``auto`` (default) keeps together the 2D cases whose
+names end in a slice or frame number after a patient or sequence id with a digit in it
+(``DEFAULT_GROUP_PATTERN``: ``curvas_10001_458`` and ``curvas_10001_509`` are one group, so are
+``seq12_frame003`` and ``seq12_frame004``; ``testA_25`` stays alone). Volumes are their own
+group. ``none``: every case alone. Any other value: a regex whose first group (or whole match)
+names the group. Test: the nnU-Net ``imagesTs`` (+ ``labelsTs``) cases, passed in as
+``test_cases``.
 """
 
 from __future__ import annotations
@@ -13,7 +23,7 @@ from __future__ import annotations
 import json
 import re
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,19 +31,52 @@ import numpy as np
 
 from ssam.config.data import SplitConfig
 from ssam.data.cases import Case
+from ssam.data.io import read_header
 from ssam.errors import DataError
 
 SPLITS_FILE = "splits_final.json"
+# PATIENT_SLICE: an id holding a digit, then "_" or "-", optional letters, and a number.
+DEFAULT_GROUP_PATTERN = r"^(.*\d.*)[_-][A-Za-z]*\d+$"
 _SPLIT_STREAM = 2  # keeps split seeds apart from other seeded streams
+
+
+class SplitLeakWarning(UserWarning):
+    """Names suggest groups (patients, sequences) that the split puts on both sides."""
 
 
 @dataclass(frozen=True)
 class DatasetSplit:
-    """Cases per role; a case id appears in at most one of them."""
+    """Cases per role; a case id appears in at most one of them.
+
+    ``source`` says how the split was made (e.g. ``splits_final.json fold 0``), ``grouping``
+    how cases were grouped, ``group_of`` maps each case id to its group.
+    """
 
     train: list[Case]
     val: list[Case]
     test: list[Case] = field(default_factory=list)
+    source: str = "given"
+    grouping: str = "none"
+    group_of: dict[str, str] = field(default_factory=dict)
+
+    def describe(self) -> dict:
+        """Source, grouping, and cases and groups per side: what a run prints and stores."""
+        sides = {}
+        for role in ("train", "val", "test"):
+            cases = getattr(self, role)
+            groups = {self.group_of.get(c.case_id, c.case_id) for c in cases}
+            sides[role] = {"cases": len(cases), "groups": len(groups)}
+        return {"source": self.source, "grouping": self.grouping, **sides}
+
+    def summary_line(self) -> str:
+        """``splits_final.json fold 0; groups: none; train 28 cases (28 groups), val 8 ...``"""
+        d = self.describe()
+        sides = ", ".join(
+            f"{role} {d[role]['cases']} cases ({d[role]['groups']} groups)"
+            for role in ("train", "val", "test")
+            if d[role]["cases"] or role != "test"
+        )
+        return f"{d['source']}; grouped by {d['grouping']}; {sides}"
 
 
 def group_key(case_id: str, pattern: str | None) -> str:
@@ -46,24 +89,64 @@ def group_key(case_id: str, pattern: str | None) -> str:
     return match.group(1) if match.re.groups else match.group(0)
 
 
+def _is_volume(case: Case) -> bool:
+    return not read_header(case.image_paths[0]).is_2d
+
+
+def infer_groups(
+    cases: Sequence[Case], is_volume: Callable[[Case], bool] = _is_volume
+) -> dict[str, str] | None:
+    """Case id -> group by ``DEFAULT_GROUP_PATTERN`` for the 2D cases (volumes alone), or None
+    where the names suggest no group of two or more cases, or everything in one group."""
+    keys = {c.case_id: group_key(c.case_id, DEFAULT_GROUP_PATTERN) for c in cases}
+    if len(set(keys.values())) == len(keys):
+        return None
+    groups = {c.case_id: c.case_id if is_volume(c) else keys[c.case_id] for c in cases}
+    distinct = set(groups.values())
+    if len(distinct) == len(groups) or len(distinct) < 2:
+        return None
+    return groups
+
+
+def resolve_groups(
+    cases: Sequence[Case], pattern: str | None, is_volume: Callable[[Case], bool] = _is_volume
+) -> tuple[dict[str, str], str]:
+    """(case id -> group, how) for ``SplitConfig.group_pattern`` ("auto", "none" or a regex)."""
+    if pattern in (None, "none"):
+        return {c.case_id: c.case_id for c in cases}, "none (each case alone)"
+    if pattern == "auto":
+        inferred = infer_groups(cases, is_volume)
+        if inferred is None:
+            return {c.case_id: c.case_id for c in cases}, "auto: none found (each case alone)"
+        return inferred, f"auto: name pattern {DEFAULT_GROUP_PATTERN}"
+    return {c.case_id: group_key(c.case_id, pattern) for c in cases}, f"pattern {pattern}"
+
+
 def split_by_fraction(
-    cases: Sequence[Case], val_fraction: float, seed: int, group_pattern: str | None = None
+    cases: Sequence[Case],
+    val_fraction: float,
+    seed: int,
+    group_pattern: str | None = None,
+    groups: dict[str, str] | None = None,
 ) -> tuple[list[Case], list[Case]]:
-    """Seeded (train, val) split of whole cases, or whole groups of cases.
+    """Seeded (train, val) split of whole cases, or whole groups of cases (``groups``: case
+    id -> group; else ``group_pattern``, a regex on the case id).
 
     ``round(val_fraction * n_groups)`` groups go to validation, at least one when
     val_fraction > 0 and at least one group stays in training. Output keeps input order.
     """
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    groups = sorted({group_key(c.case_id, group_pattern) for c in cases})
-    n_val = round(val_fraction * len(groups))
-    if val_fraction > 0 and len(groups) >= 2:
-        n_val = min(max(n_val, 1), len(groups) - 1)
+    if groups is None:
+        groups = {c.case_id: group_key(c.case_id, group_pattern) for c in cases}
+    names = sorted({groups[c.case_id] for c in cases})
+    n_val = round(val_fraction * len(names))
+    if val_fraction > 0 and len(names) >= 2:
+        n_val = min(max(n_val, 1), len(names) - 1)
     rng = np.random.default_rng(np.random.SeedSequence([seed, _SPLIT_STREAM]))
-    val_groups = {groups[i] for i in rng.permutation(len(groups))[:n_val]}
-    val = [c for c in cases if group_key(c.case_id, group_pattern) in val_groups]
-    train = [c for c in cases if group_key(c.case_id, group_pattern) not in val_groups]
+    val_groups = {names[i] for i in rng.permutation(len(names))[:n_val]}
+    val = [c for c in cases if groups[c.case_id] in val_groups]
+    train = [c for c in cases if groups[c.case_id] not in val_groups]
     return train, val
 
 
@@ -108,27 +191,57 @@ def split_by_fold(
     return [c for c in cases if c.case_id in train_ids], [c for c in cases if c.case_id in val_ids]
 
 
+def find_straddling_groups(
+    train: Sequence[Case], val: Sequence[Case], groups: dict[str, str]
+) -> list[str]:
+    """Sorted groups with cases on both sides of a (train, val) split."""
+    return sorted({groups[c.case_id] for c in train} & {groups[c.case_id] for c in val})
+
+
+def warn_if_leaking(split: DatasetSplit, suggested: dict[str, str] | None, name: str) -> None:
+    """A ``SplitLeakWarning`` when ``suggested`` groups (from the names) straddle the split."""
+    if suggested is None:
+        return
+    straddling = find_straddling_groups(split.train, split.val, suggested)
+    if straddling:
+        warnings.warn(
+            f"dataset {name}: the split ({split.source}, grouped by {split.grouping}) puts "
+            f"cases of {len(straddling)} name groups on both sides, e.g. {straddling[:3]}: "
+            "if these are slices or frames of one patient or sequence, validation scores "
+            "leak; group them with datasets.N.split.group_pattern=auto (or a regex)",
+            SplitLeakWarning,
+            stacklevel=3,
+        )
+
+
 def split_dataset(
     cases: Sequence[Case],
     config: SplitConfig,
     root: Path | str,
     test_cases: Sequence[Case] = (),
+    name: str | None = None,
 ) -> DatasetSplit:
     """Split one dataset's cases as configured; ``test_cases`` (imagesTs) become the test set.
+
+    Warns (``SplitLeakWarning``) when the names suggest groups the split ignores.
 
     Raises:
         DataError: source "dataset" without a splits_final.json in ``root``.
     """
-    if config.source == "dataset":
-        folds = read_nnunet_splits(root)
-        if folds is None:
-            raise DataError(
-                f"{Path(root) / SPLITS_FILE}: split source 'dataset' needs this file; "
-                "use a val_fraction split instead"
-            )
-        train, val = split_by_fold(cases, folds, config.fold, Path(root) / SPLITS_FILE)
-    else:
-        train, val = split_by_fraction(
-            cases, config.val_fraction, config.seed, config.group_pattern
+    path = Path(root) / SPLITS_FILE
+    folds = read_nnunet_splits(root) if config.source in ("auto", "dataset") else None
+    if config.source == "dataset" and folds is None:
+        raise DataError(
+            f"{path}: split source 'dataset' needs this file; use a val_fraction split instead"
         )
-    return DatasetSplit(train=train, val=val, test=list(test_cases))
+    groups, grouping = resolve_groups(cases, config.group_pattern)
+    if folds is not None:
+        train, val = split_by_fold(cases, folds, config.fold, path)
+        source = f"{SPLITS_FILE} fold {config.fold}"
+    else:
+        train, val = split_by_fraction(cases, config.val_fraction, config.seed, groups=groups)
+        source = f"seeded fraction {config.val_fraction} (seed {config.seed})"
+    split = DatasetSplit(train, val, list(test_cases), source, grouping, groups)
+    suggested = groups if grouping.startswith("auto: name") else infer_groups(cases)
+    warn_if_leaking(split, suggested, name or Path(root).name)
+    return split

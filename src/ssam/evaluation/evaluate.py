@@ -1,4 +1,4 @@
-"""Score a trained adapter on a dataset split (DESIGN.md 7).
+"""Score a trained adapter, or the untrained base model, on a dataset split (DESIGN.md 7).
 
 Per case and label: Dice, IoU and HD95 (MONAI) at the original resolution, each label scored on
 its own mask (probability >= 0.5): the model segments every label name independently, so a
@@ -17,18 +17,22 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+import torch
 
 from ssam.config.train import TrainConfig
 from ssam.data.cases import Case, read_case_image, read_case_labels
 from ssam.data.io import read_header
 from ssam.data.layouts import load_cases
 from ssam.data.splits import split_dataset
-from ssam.errors import DataError
+from ssam.errors import ConfigError, DataError
 from ssam.evaluation.metrics import compute_case_metrics
 from ssam.evaluation.report import MetricsTable
+from ssam.factory import create_model
 from ssam.inference.predictor import SSAMPredictor
 
-Split = Literal["train", "val", "test"]
+Split = Literal["train", "val", "test", "all"]
+SPLITS: tuple[str, ...] = ("train", "val", "test", "all")
+UNTRAINED = "untrained base model (fresh adapter: W' = W, text-affine at its seeded init)"
 
 
 @dataclass
@@ -38,17 +42,51 @@ class EvaluationResult:
     n_cases: int
 
 
-def select_split_cases(config: TrainConfig, split: Split) -> dict[str, list[Case]]:
-    """The cases of ``split`` for every dataset, split exactly as training split them."""
-    selected = {}
+def describe_split_cases(
+    config: TrainConfig, split: Split
+) -> tuple[dict[str, list[Case]], dict[str, str]]:
+    """Per dataset: the cases of ``split``, split exactly as training split them (``all``:
+    every labelled case, train, val and labelled test cases), and how it was split."""
+    if split not in SPLITS:
+        raise ConfigError(f"split must be one of {', '.join(SPLITS)}, not {split!r}")
+    selected, described = {}, {}
     for dataset in config.datasets:
+        name = dataset.dataset_name
         cases = load_cases(dataset)
-        test = load_cases(dataset, "test") if split == "test" else []
-        parts = split_dataset(cases, dataset.split, dataset.path, test)
-        selected[dataset.dataset_name] = list(getattr(parts, split))
+        test = load_cases(dataset, "test") if split in ("test", "all") else []
+        if split == "all":
+            selected[name] = cases + [c for c in test if c.label_path is not None]
+            described[name] = f"all {len(selected[name])} labelled cases"
+            continue
+        parts = split_dataset(cases, dataset.split, dataset.path, test, name)
+        selected[name], described[name] = list(getattr(parts, split)), parts.summary_line()
     if not any(selected.values()):
-        raise DataError(f"no dataset has cases in the {split!r} split")
-    return selected
+        hint = "; --split all scores every labelled case" if split != "all" else ""
+        raise DataError(f"no dataset has cases in the {split!r} split{hint}")
+    return selected, described
+
+
+def select_split_cases(config: TrainConfig, split: Split) -> dict[str, list[Case]]:
+    """The cases of ``split`` for every dataset (see ``describe_split_cases``)."""
+    return describe_split_cases(config, split)[0]
+
+
+def build_predictor(
+    config: TrainConfig, adapter: str | Path | None, batch_size: int
+) -> SSAMPredictor:
+    """The adapter's predictor; without one, the untrained model (fresh adapter: W' = W, the
+    text-affine layer as training initialises it from ``config.seed``): a baseline."""
+    if adapter is not None:
+        return SSAMPredictor.from_adapter(
+            adapter,
+            config.model.sam_checkpoint,
+            config.model.clip_checkpoint,
+            allow_download=config.model.allow_download,
+            batch_size=batch_size,
+        )
+    torch.manual_seed(config.seed)  # as training does before building its model
+    model = create_model(config.model)
+    return SSAMPredictor(model, (), batch_size=batch_size)
 
 
 def score_case(predictor: SSAMPredictor, case: Case, slice_axis: int) -> dict[str, dict]:
@@ -75,25 +113,28 @@ def score_case(predictor: SSAMPredictor, case: Case, slice_axis: int) -> dict[st
 
 def evaluate(
     config: TrainConfig,
-    adapter: str | Path,
+    adapter: str | Path | None,
     split: Split = "val",
     output_dir: str | Path | None = None,
     batch_size: int = 8,
     on_case: Callable[[str], None] | None = None,
 ) -> EvaluationResult:
-    """Evaluate ``adapter`` on ``split`` of the datasets in ``config``; writes
-    ``metrics.csv`` and ``summary.json`` into ``output_dir`` (default: beside the adapter)."""
-    adapter = Path(adapter)
-    output_dir = Path(output_dir or adapter.parent / f"eval-{split}")
-    cases = select_split_cases(config, split)
-    predictor = SSAMPredictor.from_adapter(
-        adapter,
-        config.model.sam_checkpoint,
-        config.model.clip_checkpoint,
-        allow_download=config.model.allow_download,
-        batch_size=batch_size,
+    """Evaluate ``adapter`` (None: the untrained base model) on ``split`` of the datasets in
+    ``config``; writes ``metrics.csv`` and ``summary.json`` into ``output_dir`` (default:
+    beside the adapter, or ``<output_dir of the config>/eval-untrained-<split>``)."""
+    if output_dir is None:
+        base = Path(adapter).parent if adapter is not None else Path(config.output_dir)
+        output_dir = (
+            base / f"eval-{split}" if adapter is not None else base / f"eval-untrained-{split}"
+        )
+    output_dir = Path(output_dir)
+    cases, splits = describe_split_cases(config, split)
+    predictor = build_predictor(config, adapter, batch_size)
+    model = str(adapter) if adapter is not None else UNTRAINED
+    table = MetricsTable(
+        hd95_unit=_hd95_unit([c for v in cases.values() for c in v]),
+        context={"model": model, "split": split, "splits": splits},
     )
-    table = MetricsTable(hd95_unit=_hd95_unit([c for v in cases.values() for c in v]))
     by_name = {d.dataset_name: d for d in config.datasets}
     for name, dataset_cases in cases.items():
         predictor.intensity = by_name[name].intensity

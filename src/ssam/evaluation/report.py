@@ -98,8 +98,9 @@ class MetricsTable:
         print(table.render())
     """
 
-    def __init__(self, hd95_unit: str = "mm") -> None:
+    def __init__(self, hd95_unit: str = "mm", context: dict[str, Any] | None = None) -> None:
         self.hd95_unit = hd95_unit
+        self.context = dict(context or {})  # e.g. the model and split scored, for summary.json
         self._rows: list[MetricsRow] = []
         self._keys: set[tuple[Any, ...]] = set()
         self._extra_columns: list[str] = []
@@ -178,6 +179,7 @@ class MetricsTable:
         pools every row. Also records the empty-GT policy text and the HD95 unit.
         """
         return {
+            **self.context,
             "empty_gt_policy": EMPTY_GT_POLICY,
             "hd95_unit": self.hd95_unit,
             "labels": {

@@ -10,7 +10,7 @@ from ssam.config.train import TrainConfig
 from ssam.data.cases import Case
 from ssam.data.layouts import load_cases
 from ssam.data.samples import SegmentationSamples, build_samples, label_vocabulary
-from ssam.data.splits import split_dataset
+from ssam.data.splits import DatasetSplit, split_dataset
 from ssam.errors import DataError
 
 
@@ -23,6 +23,7 @@ class TrainingData:
     weights: list[float]
     vocabulary: list[str]
     val_cases: dict[str, list[Case]]
+    splits: dict[str, DatasetSplit]
 
     @property
     def train_set(self) -> ConcatDataset:
@@ -47,12 +48,13 @@ def build_training_data(config: TrainConfig) -> TrainingData:
     Raises DataError naming the dataset, file or label at fault.
     """
     size, seed = config.model.image_size, config.seed
-    train, val, weights, val_cases = [], [], [], {}
+    train, val, weights, val_cases, splits = [], [], [], {}, {}
     for dataset in config.datasets:
         cases = load_cases(dataset)
         if not cases:
             raise DataError(f"dataset {dataset.dataset_name} ({dataset.path}): no usable cases")
-        split = split_dataset(cases, dataset.split, dataset.path)
+        split = split_dataset(cases, dataset.split, dataset.path, name=dataset.dataset_name)
+        splits[dataset.dataset_name] = split
         _check_disjoint(dataset.dataset_name, split.train, split.val)
         if not split.train:
             raise DataError(f"dataset {dataset.dataset_name}: the split leaves no training case")
@@ -61,4 +63,4 @@ def build_training_data(config: TrainConfig) -> TrainingData:
         if split.val:
             val.append(build_samples(dataset, split.val, size, train=False, seed=seed))
             val_cases[dataset.dataset_name] = list(split.val)
-    return TrainingData(train, val, weights, label_vocabulary(train), val_cases)
+    return TrainingData(train, val, weights, label_vocabulary(train), val_cases, splits)

@@ -5,15 +5,19 @@ computed once per label, and the resumable state is saved after whole optimiser 
 killed at any point and resumed with ``resume=True`` ends with the same adapter (bit-exact on
 the CPU) as an uninterrupted run of the same seed.
 
-Run folder: ``config.yaml`` (resolved), ``metrics.jsonl`` and ``tensorboard/``, ``last.safetensors``
-and ``best.safetensors`` (adapters), ``state.pt`` (resumable state).
+Run folder: ``config.yaml`` (resolved, headed by the split used), ``split.json`` (the cases of
+each side), ``metrics.jsonl`` and ``tensorboard/``, ``last.safetensors`` and ``best.safetensors``
+(adapters), ``state.pt`` (resumable state). The first ``epoch`` record (epoch -1, step 0) is the
+validation of the untrained model, so that every learning curve starts at the baseline.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,7 +43,14 @@ from ssam.tuning.svd import compute_svd_regulariser
 log = logging.getLogger(__name__)
 
 # Settings a resumed run may change; any other difference would make it another run.
-_RESUMABLE_CHANGES = {"epochs", "max_steps", "progress", "num_workers", "tensorboard"}
+_RESUMABLE_CHANGES = {
+    "epochs",
+    "max_steps",
+    "progress",
+    "num_workers",
+    "tensorboard",
+    "val_at_start",
+}
 
 
 @dataclass
@@ -57,7 +68,7 @@ def _check_resume_config(saved: dict, current: dict, path: Path) -> None:
     if changed:
         raise ConfigError(
             f"{path}: cannot resume: settings differ from the saved run: {changed} "
-            "(only epochs, max_steps, progress, num_workers, tensorboard may change)"
+            f"(only {', '.join(sorted(_RESUMABLE_CHANGES))} may change)"
         )
 
 
@@ -104,12 +115,42 @@ class _Run:
             self.optimizer, step_size=config.optim.step_size, gamma=config.optim.gamma
         )
         self.progress = Progress()
+        self.announce_splits()
         if resume:
             self._restore(model)
         elif self.main:
-            write_text_atomic(self.run_dir / "config.yaml", dump_train_config(config))
+            write_text_atomic(
+                self.run_dir / "config.yaml", self.split_header + dump_train_config(config)
+            )
+            write_text_atomic(self.run_dir / "split.json", json.dumps(self.split_cases, indent=1))
         self.model, self.optimizer = self.accelerator.prepare(model, self.optimizer)
         self.logger = RunLogger(self.run_dir, config.tensorboard, enabled=self.main)
+        if not resume:
+            for name, split in self.data.splits.items():
+                self.logger.log("split", 0, dataset=name, **split.describe())
+
+    def announce_splits(self) -> None:
+        """Print the split of every dataset (main process), before any work starts."""
+        if self.main:
+            for name, split in self.data.splits.items():
+                print(f"split of {name}: {split.summary_line()}", file=sys.stderr)
+
+    @property
+    def split_header(self) -> str:
+        """``config.yaml``'s first lines: the split each dataset got, as YAML comments."""
+        lines = [f"# split of {n}: {s.summary_line()}" for n, s in self.data.splits.items()]
+        return "\n".join(lines) + "\n"
+
+    @property
+    def split_cases(self) -> dict:
+        """Per dataset: how it was split, and the case ids of each side."""
+        return {
+            name: {
+                **split.describe(),
+                **{role: [c.case_id for c in getattr(split, role)] for role in ("train", "val")},
+            }
+            for name, split in self.data.splits.items()
+        }
 
     def _restore(self, model: torch.nn.Module) -> None:
         state = load_training_state(self.run_dir / STATE_FILE)
@@ -257,6 +298,17 @@ class _Run:
             scores, positive = gather_object(scores), gather_object(positive)
         return summarise_scores(scores, positive)
 
+    def validate_baseline(self) -> None:
+        """Validate the untrained model and log it as epoch -1 at step 0 (a fresh run only)."""
+        if self.data.val_set is None or not self.config.val_at_start:
+            return
+        scores = self.validate()
+        self.logger.log(
+            "epoch", 0, epoch=-1, train_loss=None, **{f"val_{k}": v for k, v in scores.items()}
+        )
+        if self.main:
+            print(f"validation before training: Dice {scores['dice']:.4f}", file=sys.stderr)
+
     def finish_epoch(self, epoch: int, mean_loss: float, complete: bool) -> None:
         """Validate when due, keep the best adapter, save the last adapter and the state."""
         if complete:
@@ -283,6 +335,8 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     """Train an adapter as ``config`` says (continuing a saved run when ``resume``)."""
     run = _Run(config, resume)
     try:
+        if not resume:
+            run.validate_baseline()
         epochs = range(run.progress.epoch, config.epochs)
         for epoch in tqdm(epochs, desc="training", disable=not (config.progress and run.main)):
             if run.steps_left() is not None and run.steps_left() <= 0:
