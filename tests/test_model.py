@@ -8,6 +8,7 @@ from PIL import Image
 
 from ssam.factory import create_model
 from ssam.sam.build import PIXEL_MEAN, PIXEL_STD
+from ssam.sam.checkpoint import resize_pos_embed, resize_rel_pos
 from ssam.tuning.methods import trainable_names
 from ssam.tuning.svd import SVDConv2d, SVDLinear
 
@@ -145,3 +146,41 @@ def test_svd_cache_skips_recomputation(tiny_config, monkeypatch, isolated_cache)
     monkeypatch.setattr("ssam.tuning.svd.compute_svd", fail)
     again = create_model(tiny_config)
     assert isinstance(again.image_encoder.blocks[0].attn.qkv, SVDLinear)
+
+
+def _paper_trainable_set(depth: int, decoder_depth: int) -> set[str]:
+    """DESIGN.md 3 written out by hand: what S-SAM trains, name by name."""
+    names = {"image_encoder.pos_embed"}
+    for i in range(depth):
+        block = f"image_encoder.blocks.{i}"
+        names |= {f"{block}.{norm}.{p}" for norm in ("norm1", "norm2") for p in ("weight", "bias")}
+        for layer in ("attn.qkv", "attn.proj", "mlp.lin1", "mlp.lin2"):
+            names |= {f"{block}.{layer}.svd_scale", f"{block}.{layer}.svd_shift"}
+    names |= {f"image_encoder.neck.{i}.svd_{p}" for i in (0, 2) for p in ("scale", "shift")}
+    decoder = "mask_decoder.transformer"
+    for i in range(decoder_depth):
+        names |= {
+            f"{decoder}.layers.{i}.norm{k}.{p}" for k in (1, 2, 3, 4) for p in ("weight", "bias")
+        }
+    names |= {f"{decoder}.norm_final_attn.{p}" for p in ("weight", "bias")}
+    names |= {f"text_affine.{m}.{p}" for m in ("linear", "norm") for p in ("weight", "bias")}
+    return names
+
+
+def test_trainable_set_is_exactly_the_papers(tiny_model):
+    trainable = {n for n, p in tiny_model.named_parameters() if p.requires_grad}
+    assert trainable == _paper_trainable_set(depth=4, decoder_depth=2)
+    assert set(trainable_names(tiny_model)) == trainable
+
+
+def test_loaded_positions_are_the_checkpoints_fitted_to_the_input_size(tiny_model, tiny_checkpoint):
+    state = torch.load(tiny_checkpoint, map_location="cpu", weights_only=True)
+    ours = tiny_model.state_dict()
+    grid = tiny_model.image_size // 16
+    pos = resize_pos_embed(state["image_encoder.pos_embed"], grid)
+    assert torch.allclose(ours["image_encoder.pos_embed"], pos)
+    tables = [k for k in state if k.endswith(("rel_pos_h", "rel_pos_w"))]
+    assert len(tables) == 2 * 4
+    for key in tables:
+        expected = resize_rel_pos(state[key], ours[key].shape[0])
+        assert torch.allclose(ours[key], expected) and expected.abs().sum() > 0, key

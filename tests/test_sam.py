@@ -127,7 +127,8 @@ def test_empty_build_then_load_equals_initialised_build(tiny_checkpoint):
 
 
 @pytest.mark.parametrize(
-    ("size", "window"), [(1024, 14), (256, 16), (512, 16), (768, 16), (640, 10), (64, 4)]
+    ("size", "window"),
+    [(1024, 14), (256, 16), (512, 16), (768, 16), (640, 10), (64, 4), (496, 31), (928, 29)],
 )
 def test_window_size_never_pads_below_1024(size, window):
     spec = SAM_VARIANTS["vit_b"]
@@ -163,5 +164,32 @@ def test_adapt_state_dict_pools_positions_and_interpolates_tables(tiny_checkpoin
     reference = F.interpolate(global_table.T[None], size=31, mode="linear")[0].T
     assert torch.allclose(resized, reference)
     assert torch.equal(resize_rel_pos(window_table, 27), window_table)
+    # every resized table holds the interpolated values, not just the right shape
+    for key, value in state.items():
+        if key.endswith(("rel_pos_h", "rel_pos_w")):
+            expected = resize_rel_pos(value, sam.state_dict()[key].shape[0])
+            assert torch.allclose(fitted[key], expected) and expected.abs().sum() > 0, key
     grown = resize_pos_embed(pos, 80)
     assert grown.shape == (1, 80, 80, pos.shape[-1])
+
+
+@pytest.mark.parametrize("size", range(128, 1024, 16))
+def test_no_window_is_smaller_than_half_sams(size):
+    window = compute_window_size(SAM_VARIANTS["vit_b"], size)
+    assert window >= 7 and (size // 16) % window == 0
+
+
+@pytest.mark.parametrize("size", [496, 928])
+def test_every_token_reaches_beyond_itself_at_odd_sizes(size):
+    """A windowed block at S=496 (a prime 31x31 grid) and S=928 (58x58): changing one token
+    changes the output of tokens beyond its own 7x7 neighbourhood (with windows of 1, as
+    before, it changed none but itself)."""
+    torch.manual_seed(0)
+    block = build_sam(get_sam_spec("vit_b"), size).image_encoder.blocks[0]  # windowed
+    grid = size // 16
+    x = torch.randn(1, grid, grid, 768)
+    y = x.clone()
+    y[0, 0, 0] += torch.randn(768)  # not a constant: LayerNorm would remove it
+    with torch.no_grad():
+        changed = (block(x) - block(y)).abs().amax(-1)[0] > 1e-6
+    assert block.window_size >= 7 and changed.sum() > 49

@@ -1,5 +1,8 @@
 """Atomic file writes: a temporary file in the target's folder, renamed over the target only
-when it is complete (``os.replace``), so a reader or a crash never leaves half a file."""
+when it is complete (``os.replace``), so a reader or a crash never leaves half a file.
+
+The file gets the permissions a plain ``open(path, "w")`` would give (0666 less the umask),
+not ``mkstemp``'s private 0600: colleagues who can read a run's images can read its adapter."""
 
 from __future__ import annotations
 
@@ -8,6 +11,20 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where the system shows it (Linux), since
+    setting it to read it back races with other threads creating files."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 @contextmanager
@@ -20,7 +37,8 @@ def atomic_path(path: str | os.PathLike[str], suffix: str = ".tmp") -> Iterator[
     os.close(fd)
     try:
         yield Path(tmp)
-        os.replace(tmp, path)
+        os.chmod(tmp, 0o666 & ~current_umask())  # after writing: some writers (safetensors)
+        os.replace(tmp, path)  # replace the temporary file with one of their own, 0600
     finally:
         Path(tmp).unlink(missing_ok=True)
 

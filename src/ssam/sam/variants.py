@@ -122,11 +122,15 @@ def compute_window_size(spec: SamSpec, image_size: int) -> int:
     """Attention window of the windowed blocks at ``image_size`` (DESIGN.md 4).
 
     At SAM's pretraining size it is SAM's own (14, padded as SAM pads). At any other size it is
-    the divisor of the token grid closest to 14 (ties: the larger), so no window holds padding:
-    a 16x16 grid (input 256) gets one 16x16 window, a 32x32 grid (512) four 16x16 windows.
+    the divisor of the token grid closest to 14 (ties: the larger) among those of at least half
+    SAM's window (7), so no window holds padding and none is so small that tokens attend only
+    to a few neighbours: a 16x16 grid (input 256) gets one 16x16 window, a 32x32 grid (512) four
+    16x16 windows, a prime grid such as 31 (496) one 31x31 window (global attention) and a 58
+    grid (928) four 29x29 windows. Grids below 7 tokens attend globally.
     """
     grid = image_size // spec.patch_size
     if image_size == spec.pretrain_image_size:
         return spec.window_size
-    divisors = [d for d in range(1, grid + 1) if grid % d == 0]
+    smallest = -(-spec.window_size // 2)
+    divisors = [d for d in range(smallest, grid + 1) if grid % d == 0] or [grid]
     return min(divisors, key=lambda d: (abs(d - spec.window_size), -d))
