@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 from ssam.config.train import load_train_config
-from ssam.errors import ConfigError, DataError
+from ssam.errors import CheckpointError, ConfigError, DataError
 from ssam.factory import create_model
 from ssam.inference.loading import load_adapted_model
 from ssam.train import train
@@ -188,6 +188,13 @@ def test_sigkill_and_resume_is_bit_exact(tmp_path, tiny_checkpoint, kvasir_small
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
+    # the resumed run's log equals the uninterrupted one's: no replayed step twice, and the
+    # interrupted epoch's mean loss counts the steps before the kill
+    untimed = [
+        [{k: v for k, v in r.items() if k != "time"} for r in read_log(folder / "metrics.jsonl")]
+        for folder in (tmp_path / "a", killed_dir)
+    ]
+    assert untimed[0] == untimed[1]
 
 
 def test_resume_refuses_changed_settings(tmp_path, tiny_checkpoint, kvasir_small):
@@ -210,7 +217,44 @@ def test_bad_input_fails_before_training(tmp_path, tiny_checkpoint, kvasir_small
     )
     with pytest.raises(DataError, match=orphan.stem):
         train(config)
-    assert not (tmp_path / "run" / "state.pt").exists()
+    assert not (tmp_path / "run").exists()  # no empty run folder left behind
+
+
+def test_resume_before_the_first_save_starts_from_scratch(
+    tmp_path, tiny_checkpoint, kvasir_small, capsys
+):
+    dataset = [{"path": str(kvasir_small), "layout": "folder", "label": "polyp"}]
+    config = _config(tmp_path, tiny_checkpoint, dataset, "max_steps=2")
+    run = tmp_path / "run"
+    run.mkdir()  # what a run killed before its first save leaves: a log, a half-written state
+    (run / "metrics.jsonl").write_text('{"kind": "train", "step": 1, "loss": 9.0}\n')
+    (run / ".state.pt.k2j4.tmp").write_bytes(b"half")
+    result = train(config, resume=True)
+    assert "nothing saved yet" in capsys.readouterr().err
+    assert result.progress.step == 2
+    assert not list(run.glob(".*.tmp"))
+    steps = [r["step"] for r in read_log(run / "metrics.jsonl") if r["kind"] == "train"]
+    assert steps == [1, 2]  # the stale record is gone
+    (run / ".last.safetensors.x1.tmp").write_bytes(b"half")
+    train(_config(tmp_path, tiny_checkpoint, dataset, "max_steps=3"), resume=True)
+    assert not list(run.glob(".*.tmp"))
+
+
+def test_an_unsafe_state_is_refused_plainly(tmp_path, tiny_checkpoint, kvasir_small):
+    dataset = [{"path": str(kvasir_small), "layout": "folder", "label": "polyp"}]
+    config = _config(tmp_path, tiny_checkpoint, dataset, "max_steps=1")
+    train(config)
+    torch.save({"progress": _Unsafe()}, tmp_path / "run" / "state.pt")
+    with pytest.raises(CheckpointError) as err:
+        train(_config(tmp_path, tiny_checkpoint, dataset, "max_steps=2"), resume=True)
+    message = str(err.value)
+    assert "refused as unsafe" in message and "state.pt" in message
+    assert "weights_only" not in message and "\n" not in message
+
+
+class _Unsafe:
+    def __reduce__(self):
+        return (os.getcwd, ())
 
 
 def test_two_processes_on_cpu(tmp_path, tiny_checkpoint, kvasir_small):

@@ -37,23 +37,30 @@ def read_state_dict(path: str | Path) -> StateDict:
             return load_file(str(path), device="cpu")
         except (SafetensorError, OSError, ValueError) as err:
             raise CheckpointError(f"{path}: not a readable safetensors file ({err})") from None
+    return _unwrap_state_dict(load_untrusted(path), path)
+
+
+def load_untrusted(path: str | Path, what: str = "checkpoint") -> object:
+    """``torch.load`` of a file that may come from anyone: CPU, ``weights_only=True``; every
+    failure is one ``CheckpointError`` line naming the file. A file that would import Python
+    objects when unpickled is refused as unsafe, with no advice to lower the guard."""
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        glob = re.search(r"unsupported GLOBAL (\S+)", str(err))
+        glob = re.search(r"(?:unsupported GLOBAL|Unsupported global: GLOBAL) (\S+)", str(err))
         if glob:
             raise CheckpointError(
-                f"{path}: refused to load: it references the Python object {glob.group(1)}, "
-                "which could run code when unpickled (only plain tensor state dicts are accepted)"
+                f"{path}: refused as unsafe: this {what} references the Python object "
+                f"{glob.group(1)}, which could run code when loaded; S-SAM loads only files of "
+                "plain tensors and numbers"
             ) from None
         raise CheckpointError(
-            f"{path}: not a PyTorch checkpoint of tensors (unreadable or foreign pickle content)"
+            f"{path}: not a PyTorch {what} of tensors (unreadable or foreign pickle content)"
         ) from None
     except Exception as err:  # noqa: BLE001 - parsing untrusted bytes fails in many ways
         raise CheckpointError(
-            f"{path}: unreadable checkpoint, truncated or not a PyTorch file ({_first_line(err)})"
+            f"{path}: unreadable {what}, truncated or not a PyTorch file ({_first_line(err)})"
         ) from None
-    return _unwrap_state_dict(obj, path)
 
 
 def _first_line(err: BaseException) -> str:

@@ -7,18 +7,32 @@ import math
 import time
 from pathlib import Path
 
+from ssam.atomic import write_text_atomic
+
 
 class RunLogger:
-    """Append-only metrics log; a resumed run keeps appending to the same files."""
+    """Append-only metrics log. A resumed run (``resume_from`` = the saved (step, epoch)) first
+    drops what it will log again: the steps after the saved one and the epochs from the saved
+    one on, so that its log equals an uninterrupted run's (TensorBoard: ``purge_step``)."""
 
-    def __init__(self, run_dir: Path, tensorboard: bool = True, enabled: bool = True) -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        tensorboard: bool = True,
+        enabled: bool = True,
+        resume_from: tuple[int, int] | None = None,
+    ) -> None:
         self.path = run_dir / "metrics.jsonl"
         self.enabled = enabled
         self.writer = None
+        if enabled and resume_from is not None and self.path.exists():
+            kept = [r for r in read_log(self.path) if not is_replayed(r, *resume_from)]
+            write_text_atomic(self.path, "".join(json.dumps(r) + "\n" for r in kept))
         if enabled and tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+            purge = resume_from[0] + 1 if resume_from is not None else None
+            self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=purge)
 
     def log(self, kind: str, step: int, **values: float | int | str | None) -> None:
         if not self.enabled:
@@ -37,6 +51,15 @@ class RunLogger:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+def is_replayed(record: dict, step: int, epoch: int) -> bool:
+    """Whether a run resumed at optimiser ``step`` and (next) ``epoch`` logs ``record`` again."""
+    if record["kind"] == "train":
+        return record["step"] > step
+    if record["kind"] == "epoch":
+        return record["epoch"] >= epoch
+    return False
 
 
 def read_log(path: Path) -> list[dict]:

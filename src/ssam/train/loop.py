@@ -17,6 +17,7 @@ import contextlib
 import json
 import logging
 import math
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,7 +73,9 @@ def _check_resume_config(saved: dict, current: dict, path: Path) -> None:
         )
 
 
-def _prepare_run_dir(config: TrainConfig, resume: bool) -> Path:
+def _check_run_dir(config: TrainConfig, resume: bool) -> tuple[Path, bool]:
+    """(run folder, whether there is a saved state to resume). Creates nothing: the folder is
+    made when the run's first file is written, so a run that fails early leaves none."""
     run_dir = Path(config.output_dir)
     state = run_dir / STATE_FILE
     if state.exists() and not resume:
@@ -81,9 +84,25 @@ def _prepare_run_dir(config: TrainConfig, resume: bool) -> Path:
             "or choose another output directory"
         )
     if resume and not state.exists():
-        raise ConfigError(f"{state}: nothing to resume (no saved training state)")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return run_dir
+        print(
+            f"{state}: nothing saved yet (the run stopped before its first save): "
+            "starting it from scratch",
+            file=sys.stderr,
+        )
+        return run_dir, False
+    return run_dir, resume
+
+
+def _clear_leftovers(run_dir: Path, fresh: bool) -> None:
+    """Remove temporary files of interrupted atomic writes (``.NAME.*.tmp``) and, for a fresh
+    start in a folder whose run never saved a state, that run's logs."""
+    if not run_dir.is_dir():
+        return
+    for leftover in run_dir.glob(".*.tmp"):
+        leftover.unlink(missing_ok=True)
+    if fresh:
+        (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+        shutil.rmtree(run_dir / "tensorboard", ignore_errors=True)
 
 
 def _load_trainable(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> None:
@@ -98,11 +117,14 @@ class _Run:
 
     def __init__(self, config: TrainConfig, resume: bool) -> None:
         self.config = config
-        self.run_dir = _prepare_run_dir(config, resume)
+        self.run_dir, resume = _check_run_dir(config, resume)
+        self.resumed = resume
         self.accelerator = Accelerator(
             cpu=config.device == "cpu", mixed_precision=config.mixed_precision
         )
         self.main = self.accelerator.is_main_process
+        if self.main:
+            _clear_leftovers(self.run_dir, fresh=not resume)
         torch.manual_seed(config.seed)
         self.data: TrainingData = build_training_data(config)
         model = create_model(config.model, device="cpu")
@@ -124,7 +146,12 @@ class _Run:
             )
             write_text_atomic(self.run_dir / "split.json", json.dumps(self.split_cases, indent=1))
         self.model, self.optimizer = self.accelerator.prepare(model, self.optimizer)
-        self.logger = RunLogger(self.run_dir, config.tensorboard, enabled=self.main)
+        self.logger = RunLogger(
+            self.run_dir,
+            config.tensorboard,
+            enabled=self.main,
+            resume_from=(self.progress.step, self.progress.epoch) if resume else None,
+        )
         if not resume:
             for name, split in self.data.splits.items():
                 self.logger.log("split", 0, dataset=name, **split.describe())
@@ -270,10 +297,9 @@ class _Run:
             disable=not (self.config.progress and self.main),
             leave=False,
         )
-        losses = []
         for group in bar:
             loss, dice = self.optimiser_step([next(batches) for _ in group])
-            losses.append(loss)
+            self.progress.epoch_loss_sum += loss
             self.progress.step += 1
             self.progress.steps_in_epoch += 1
             bar.set_postfix(loss=f"{loss:.4f}", dice=f"{dice:.3f}")
@@ -281,7 +307,8 @@ class _Run:
             self.logger.log("train", self.progress.step, epoch=epoch, loss=loss, dice=dice, lr=lr)
             if self.progress.step % self.config.checkpoint_every == 0:
                 self.save_state()
-        return sum(losses) / len(losses) if losses else math.nan
+        done = self.progress.steps_in_epoch
+        return self.progress.epoch_loss_sum / done if done else math.nan
 
     def validate(self) -> dict:
         """Validation scores; each process scores its share of the samples, all get the total."""
@@ -315,6 +342,7 @@ class _Run:
             self.scheduler.step()
             self.progress.epoch = epoch + 1
             self.progress.steps_in_epoch = 0
+            self.progress.epoch_loss_sum = 0.0
         due = complete and (
             (epoch + 1) % self.config.val_every == 0 or epoch + 1 == self.config.epochs
         )
@@ -335,7 +363,7 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     """Train an adapter as ``config`` says (continuing a saved run when ``resume``)."""
     run = _Run(config, resume)
     try:
-        if not resume:
+        if not run.resumed:
             run.validate_baseline()
         epochs = range(run.progress.epoch, config.epochs)
         for epoch in tqdm(epochs, desc="training", disable=not (config.progress and run.main)):

@@ -12,6 +12,7 @@ import torch
 
 from ssam.atomic import atomic_path
 from ssam.errors import CheckpointError
+from ssam.sam.checkpoint import load_untrusted
 
 STATE_FILE = "state.pt"
 
@@ -19,11 +20,13 @@ STATE_FILE = "state.pt"
 @dataclass
 class Progress:
     """Where a run stands: the next epoch to run, optimiser steps so far, steps done in the
-    current epoch, and the best validation score (with its epoch)."""
+    current epoch and the sum of their losses (so that a resumed epoch's mean loss counts the
+    steps before the interruption too), and the best validation score (with its epoch)."""
 
     epoch: int = 0
     step: int = 0
     steps_in_epoch: int = 0
+    epoch_loss_sum: float = 0.0
     best_score: float | None = None
     best_epoch: int | None = None
 
@@ -46,10 +49,9 @@ def save_training_state(
 def load_training_state(path: Path) -> dict:
     if not path.is_file():
         raise CheckpointError(f"{path}: no training state to resume from")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unreadable file gets the same clear message
-        raise CheckpointError(f"{path}: unreadable training state ({str(err)[:200]})") from None
+    payload = load_untrusted(path, "training state")
+    if not isinstance(payload, dict):
+        raise CheckpointError(f"{path}: not a training state (a {type(payload).__name__})")
     missing = {"tensors", "optimizer", "scheduler", "progress", "config"} - set(payload)
     if missing:
         raise CheckpointError(f"{path}: training state lacks {sorted(missing)}")
