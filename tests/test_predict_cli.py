@@ -19,6 +19,7 @@ from ssam.cli.main import app, main
 from ssam.data.io import read_image
 from ssam.inference.label_maps import compute_label_map
 from ssam.inference.merge import merge_adapter
+from ssam.inference.predictor import SSAMPredictor
 from ssam.sam.build import build_random_sam
 from ssam.sam.checkpoint import save_state_dict
 from ssam.sam.variants import get_sam_spec
@@ -63,8 +64,20 @@ def run(adapter, tiny_checkpoint, shared_data, tmp_path_factory):
     inputs = make_inputs(root / "in", shared_data)
     out = root / "out"
     base = ["--adapter", adapter, "--sam-checkpoint", tiny_checkpoint]
-    result = predict(inputs, "-o", out, *base, "--save-probabilities", "--batch-size", "2")
+    result = predict(
+        inputs, "-o", out, *base, "--save-probabilities", "--save-masks", "--batch-size", "2"
+    )
     return inputs, out, result, base
+
+
+def read_masks(out, case: str, suffix: str) -> np.ndarray:
+    """The per-label mask files of a case, (L, *spatial) bool."""
+    if suffix == ".png":
+        files = [np.asarray(Image.open(out / f"{case}_mask_{n}.png")) for n in LABELS]
+    else:
+        files = [np.asarray(nib.load(out / f"{case}_mask_{n}.nii.gz").dataobj) for n in LABELS]
+    assert all(set(np.unique(f)) <= {0, 1} for f in files)
+    return np.stack(files).astype(bool)
 
 
 def test_every_good_case_has_its_outputs(run):
@@ -74,8 +87,10 @@ def test_every_good_case_has_its_outputs(run):
         assert (out / f"{case}.png").is_file() and (out / f"{case}_overlay.png").is_file()
         for label in LABELS:
             assert (out / f"{case}_prob_{label}.png").is_file()
+            assert (out / f"{case}_mask_{label}.png").is_file()
     for case in ("mri", "spaced", "series"):
         assert (out / f"{case}.nii.gz").is_file() and (out / f"{case}.json").is_file()
+        assert all((out / f"{case}_mask_{label}.nii.gz").is_file() for label in LABELS)
     label_map = np.asarray(Image.open(out / "kvasir.png"))
     assert label_map.shape == Image.open(inputs / "kvasir.jpg").size[::-1]
     assert set(np.unique(label_map)) <= {0, 1, 2}
@@ -107,19 +122,57 @@ def test_volume_outputs_keep_geometry_and_agree(run):
 def test_sizes_in_ml_and_mm2(run):
     _, out, _, _ = run
     report = json.loads((out / "spaced.json").read_text())
-    label_map = np.asarray(nib.load(out / "spaced.nii.gz").dataobj)
+    masks = read_masks(out, "spaced", ".nii.gz")  # each label's own mask, overlaps kept
     assert report["unit"] == "mL" and report["spacing_mm"] == pytest.approx(SPACING)
-    for k, name in enumerate(LABELS, start=1):
-        voxels = int((label_map == k).sum())
+    for k, name in enumerate(LABELS):
+        voxels = int(masks[k].sum())
         assert report["labels"][name]["voxels"] == voxels
         assert report["labels"][name]["volume_ml"] == pytest.approx(voxels * 0.8 * 0.9 * 2.5 / 1e3)
     grey = json.loads((out / "grey.json").read_text())
     assert grey["unit"] == "pixels" and grey["labels"]["liver"]["area_mm2"] is None
     ct = json.loads((out / "ct.json").read_text())
-    pixels = int((np.asarray(Image.open(out / "ct.png")) == 1).sum())
+    pixels = int(read_masks(out, "ct", ".png")[0].sum())
     assert ct["unit"] == "mm2" and ct["labels"]["liver"]["area_mm2"] == pytest.approx(
         pixels * 0.7 * 0.8
     )
+
+
+def test_saved_masks_equal_the_predictors_and_keep_overlaps(run, adapter, tiny_checkpoint):
+    inputs, out, _, _ = run
+    predictor = SSAMPredictor.from_adapter(adapter, tiny_checkpoint)
+    cases = {"kvasir.jpg": ".png", "ct.dcm": ".png", "mri.nii.gz": ".nii.gz", "series": ".nii.gz"}
+    for name, suffix in cases.items():
+        case = name.split(".")[0]
+        masks = read_masks(out, case, suffix)
+        np.testing.assert_array_equal(masks, predictor.segment(inputs / name).masks)
+        report = json.loads((out / f"{case}.json").read_text())
+        assert report["mask_files"] == {n: f"{case}_mask_{n}{suffix}" for n in LABELS}
+        assert "most probable" in report["label_map_rule"]
+        count_key = "voxels" if report["kind"] == "3d" else "pixels"
+        assert [report["labels"][n][count_key] for n in LABELS] == masks.sum(
+            axis=tuple(range(1, masks.ndim))
+        ).tolist()
+    source, written = nib.load(inputs / "mri.nii.gz"), nib.load(out / "mri_mask_liver.nii.gz")
+    np.testing.assert_array_equal(written.affine, source.affine)
+    assert written.shape == source.shape
+    masks = read_masks(out, "mri", ".nii.gz")
+    overlap = masks[0] & masks[1]  # both labels hold these voxels; the label map shows one
+    label_map = np.asarray(nib.load(out / "mri.nii.gz").dataobj)
+    assert overlap.any() and set(np.unique(label_map[overlap])) <= {1, 2}
+
+
+def test_save_masks_counts_in_the_planned_outputs(run, tmp_path):
+    inputs, _, _, base = run
+    first = predict(inputs / "grey.png", "-o", tmp_path, *base, "--no-overlay")
+    assert "1 done" in first.output and not list(tmp_path.glob("*_mask_*"))
+    assert "mask_files" not in json.loads((tmp_path / "grey.json").read_text())
+    with_masks = predict(inputs / "grey.png", "-o", tmp_path, *base, "--no-overlay", "--save-masks")
+    assert "1 done, 0 skipped" in " ".join(with_masks.output.split())  # masks were missing
+    assert sorted(p.name for p in tmp_path.glob("*_mask_*")) == [
+        f"grey_mask_{n}.png" for n in sorted(LABELS)
+    ]
+    again = predict(inputs / "grey.png", "-o", tmp_path, *base, "--no-overlay", "--save-masks")
+    assert "0 done, 1 skipped" in " ".join(again.output.split())
 
 
 def test_dicom_series_becomes_nifti_with_its_affine(run):

@@ -17,9 +17,11 @@ from predict_helpers import (
     write_dicom,
     write_png,
 )
+from ssam.config.data import IntensityConfig
 from ssam.errors import AdapterError, ConfigError, DataError
-from ssam.inference.label_maps import compute_label_map, compute_label_sizes
-from ssam.inference.predictor import SSAMPredictor, UnknownLabelWarning
+from ssam.inference.inputs import array_properties
+from ssam.inference.label_maps import compute_label_map, compute_label_sizes, compute_masks
+from ssam.inference.predictor import Segmentation, SSAMPredictor, UnknownLabelWarning
 from ssam.sam.build import build_random_sam
 from ssam.sam.checkpoint import save_state_dict
 from ssam.sam.variants import get_sam_spec
@@ -60,7 +62,7 @@ def test_png_jpeg_and_dicom_files(predictor, shared_data, tmp_path):
     sizes = result.label_sizes()  # the DICOM file states its pixel spacing
     assert result.spacing_known
     for k, name in enumerate(LABELS, start=1):
-        count = int((result.label_map == k).sum())
+        count = int(result.masks[k - 1].sum())  # the label's own mask, overlaps included
         assert sizes[name]["pixels"] == count
         assert sizes[name]["area_mm2"] == pytest.approx(count * 0.5 * 0.8)
     assert predictor.segment(png).label_sizes()["liver"]["area_mm2"] is None  # pixels only
@@ -72,7 +74,7 @@ def test_nifti_volume_slice_by_slice(predictor, shared_data, tmp_path):
     check_consistent(result, (182, 218, 3))
     assert result.labels == ("kidney", "liver") and result.slice_axis == 2
     np.testing.assert_array_equal(result.properties.affine, nib.load(path).affine)
-    voxels = int((result.label_map == 1).sum())
+    voxels = int(result.masks[0].sum())
     assert result.label_sizes()["kidney"] == {
         "value": 1,
         "voxels": voxels,
@@ -170,11 +172,55 @@ def test_intensity_preset_recorded_in_adapter_is_used(tiny_model, tiny_checkpoin
 def test_label_map_rules():
     probs = np.array([[0.2, 0.6, 0.7, 0.5], [0.4, 0.6, 0.9, 0.1]], dtype=np.float32)[..., None]
     np.testing.assert_array_equal(compute_label_map(probs)[:, 0], [0, 1, 2, 1])
-    label_map = np.array([[0, 1], [2, 2]], dtype=np.uint8)[..., None]
-    sizes = compute_label_sizes(label_map, ["a", "b"], (2.0, 0.5, 3.0), is_volume=True)
+    masks = np.array([[[0, 1], [1, 0]], [[0, 0], [1, 1]]], dtype=bool)[..., None]
+    sizes = compute_label_sizes(masks, ["a", "b"], (2.0, 0.5, 3.0), is_volume=True)
     assert sizes["b"] == {"value": 2, "voxels": 2, "volume_ml": 2 * 3.0 / 1000}
     with pytest.raises(ValueError, match="L >= 1"):
         compute_label_map(np.zeros((0, 4, 4)))
+    with pytest.raises(ValueError, match="L = 3"):
+        compute_label_sizes(masks, ["a", "b", "c"], None, is_volume=True)
+
+
+def segmentation_of(probabilities: np.ndarray, labels: tuple[str, ...]) -> Segmentation:
+    """A 2D Segmentation (spacing 0.5 x 2 mm) built from chosen probabilities (L, H, W)."""
+    properties = array_properties(np.zeros((1, *probabilities.shape[1:], 1)), (0.5, 2.0), "2d")
+    return Segmentation(
+        labels=labels,
+        probabilities=probabilities,
+        masks=compute_masks(probabilities),
+        label_map=compute_label_map(probabilities),
+        properties=properties,
+        slice_axis=2,
+        spacing_known=True,
+        intensity=IntensityConfig(preset="rgb"),
+        value_range=None,
+    )
+
+
+def test_label_sizes_count_each_mask_not_the_label_map():
+    organ = np.array([[0.9, 0.8, 0.7], [0.6, 0.2, 0.1]], dtype=np.float32)
+    lesion = np.array([[0.95, 0.3, 0.9], [0.1, 0.5, 0.0]], dtype=np.float32)
+    alone = segmentation_of(organ[None], ("organ",))
+    both = segmentation_of(np.stack([organ, lesion]), ("organ", "lesion"))
+    np.testing.assert_array_equal(both.label_map, [[2, 1, 2], [1, 2, 0]])  # one per pixel
+    assert alone.label_sizes()["organ"] == both.label_sizes()["organ"]
+    assert both.label_sizes() == {
+        "organ": {"value": 1, "pixels": 4, "area_mm2": 4.0},
+        "lesion": {"value": 2, "pixels": 3, "area_mm2": 3.0},  # 2 of them inside the organ
+    }
+
+
+def test_a_labels_size_and_mask_do_not_depend_on_the_others_asked(predictor, shared_data, tmp_path):
+    volume = crop_mri(shared_data, tmp_path / "mri.nii.gz", count=2)
+    for path in (volume, kvasir_image(shared_data)):
+        alone = predictor.segment(path, ["liver"])
+        both = predictor.segment(path, ["kidney", "liver"])
+        np.testing.assert_array_equal(alone.masks[0], both.masks[1])
+        assert alone.label_sizes()["liver"] == both.label_sizes()["liver"] | {"value": 1}
+        overlap = both.masks[0] & both.masks[1]
+        assert overlap.any(), "the test needs masks that overlap"
+        count_key = "voxels" if both.is_volume else "pixels"
+        assert both.label_sizes()["liver"][count_key] > int((both.label_map == 2).sum())
 
 
 def test_merged_and_adapted_predictors_agree(predictor, adapter, tiny_checkpoint, tmp_path):

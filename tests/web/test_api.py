@@ -28,7 +28,7 @@ def segment(
 
 
 def check_consistent(body: dict, shape: tuple[int, ...]) -> np.ndarray:
-    """Label map and masks decode to ``shape`` and agree; sizes count the label map."""
+    """Label map and masks decode to ``shape`` and agree; sizes count each label's mask."""
     label_map = decode_label_map_rle(body["label_map"])
     assert label_map.shape == shape and body["shape"] == list(shape)
     for k, name in enumerate(body["labels"], start=1):
@@ -36,7 +36,7 @@ def check_consistent(body: dict, shape: tuple[int, ...]) -> np.ndarray:
         assert mask.shape == shape
         assert mask[label_map == k].all()
         count_key = "voxels" if len(shape) == 3 else "pixels"
-        assert body["sizes"][name][count_key] == int((label_map == k).sum())
+        assert body["sizes"][name][count_key] == int(mask.sum())  # overlaps included
     return label_map
 
 
@@ -99,6 +99,19 @@ def test_nifti_volume_and_dicom(client, web_predictor, shared_data, tmp_path):
     assert body["sizes"]["polyp"]["area_mm2"] == pytest.approx(
         body["sizes"]["polyp"]["pixels"] * 0.4
     )
+
+
+def test_sizes_do_not_depend_on_the_other_labels_asked(client, shared_data):
+    data = kvasir_image(shared_data).read_bytes()
+    alone = segment(client, data, ["lung"], name="polyp.jpg").json()
+    both = segment(client, data, ["polyp", "lung"], name="polyp.jpg").json()
+    check_consistent(both, tuple(both["shape"]))
+    assert alone["sizes"]["lung"] == both["sizes"]["lung"] | {"value": 1}
+    masks = [decode_mask_rle(both["masks"][name]) for name in ("polyp", "lung")]
+    assert (masks[0] & masks[1]).any(), "the test needs masks that overlap"
+    label_map = decode_label_map_rle(both["label_map"])
+    assert both["sizes"]["lung"]["pixels"] > int((label_map == 2).sum())
+    assert "most probable" in both["label_map_rule"]
 
 
 def test_another_label_on_the_same_upload_skips_the_encoder(

@@ -6,6 +6,7 @@ CI=true a missing browser fails the test (install it with scripts/install-browse
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -130,5 +131,9 @@ def test_volume_slices_and_a_typed_label(page, shared_data, tmp_path):
     )
     assert names == ["lung", "lesion"]
     assert "lesion" in page.inner_text("#warnings")  # not a trained label
+    report = json.loads(download(page, "#download-report", tmp_path).read_text())
+    counts = page.locator("#legend tr.legend-row td.num:nth-child(3)").all_inner_texts()
+    assert counts == [f"{report['sizes'][n]['voxels']:,}" for n in names]  # per-label masks
+    assert "own mask" in page.inner_text("#legend-rule")
     page.screenshot(path=str(tmp_path / "volume.png"))
     assert download(page, "#download-labels", tmp_path).name == "label_map.nii.gz"

@@ -71,6 +71,9 @@ def predict_entry(
     window_level: float | None = typer.Option(None, help="CT window level (--intensity ct)"),
     window_width: float | None = typer.Option(None, help="CT window width (--intensity ct)"),
     save_probabilities: bool = typer.Option(False, help="also write per-label probabilities"),
+    save_masks: bool = typer.Option(
+        False, help="also write each label's own binary mask (overlapping labels kept)"
+    ),
     overlay: bool = typer.Option(True, help="write an overlay PNG per case"),
     overlay_slices: int = typer.Option(4, help="slices shown in a volume's overlay"),
     overwrite: bool = typer.Option(False, help="redo cases whose outputs exist"),
@@ -104,6 +107,7 @@ def predict_entry(
         labels=labels,
         axis=axis,
         save_probabilities=save_probabilities,
+        save_masks=save_masks,
         overlay=overlay,
         overlay_slices=overlay_slices,
         overwrite=overwrite,

@@ -4,13 +4,19 @@ Per case ``ID`` (the file name without its suffix, or the DICOM series folder's 
 the output folder:
 
 * ``ID.png`` (2D) or ``ID.nii.gz`` (volumes, with the source's affine, header and shape):
-  the label map, values 1..L in the order of the labels, 0 background;
+  the label map, values 1..L in the order of the labels, 0 background; one label per pixel,
+  the most probable among those >= 0.5 (``LABEL_MAP_RULE``), so overlaps show one label;
 * ``ID_overlay.png``: the image with the label map on top (volumes: the slices with most
   foreground, tiled) and a legend;
 * ``ID_prob_LABEL.png`` (probability x 255, 8-bit) or ``ID_prob_LABEL.nii.gz`` (float32),
   with ``save_probabilities``;
+* ``ID_mask_LABEL.png`` or ``ID_mask_LABEL.nii.gz`` (same writer and geometry as the label
+  map, values 0/1): each label's own mask (probability >= 0.5), overlaps kept, with
+  ``save_masks``;
 * ``ID.json``, written last: each label's pixel count and area in mm^2 (2D), or voxel count
-  and volume in mL (volumes); area/volume are null where the source states no spacing.
+  and volume in mL (volumes), counted on the label's own mask (not the label map), so the
+  same whatever other labels are asked for; area/volume are null where the source states no
+  spacing. Also the label map's rule and, with ``save_masks``, the mask file of each label.
 
 A case whose outputs all exist is skipped unless ``overwrite``. A case that fails (unreadable
 or unsupported input, bad geometry) is recorded with its reason and the others go on.
@@ -36,6 +42,7 @@ from ssam.data.properties import ImageProperties
 from ssam.data.transforms import scale_intensity
 from ssam.errors import SSAMError
 from ssam.inference.inputs import InputCase
+from ssam.inference.label_maps import LABEL_MAP_RULE
 from ssam.inference.overlay import add_legend, blend_overlay, render_volume_overlay, save_png
 from ssam.inference.predictor import Segmentation, SSAMPredictor
 
@@ -51,6 +58,7 @@ class PredictOptions:
     labels: tuple[str, ...] | None = None
     axis: int = -1
     save_probabilities: bool = False
+    save_masks: bool = False
     overlay: bool = True
     overlay_slices: int = 4
     overwrite: bool = False
@@ -85,6 +93,8 @@ def planned_outputs(case: InputCase, labels: Sequence[str], options: PredictOpti
     paths = [out / f"{stem}{suffix}"]
     if options.save_probabilities:
         paths += [out / f"{stem}_prob_{safe_name(n)}{suffix}" for n in labels]
+    if options.save_masks:
+        paths += [out / f"{stem}_mask_{safe_name(n)}{suffix}" for n in labels]
     if options.overlay:
         paths.append(out / f"{stem}_overlay.png")
     return [*paths, out / f"{stem}.json"]
@@ -124,8 +134,18 @@ def render_case_overlay(
     return add_legend(picture, result.labels, note), shown
 
 
-def build_case_report(case: InputCase, result: Segmentation, shown: list[int]) -> dict:
-    """The JSON summary of one case: geometry, units, and each label's size."""
+def write_masks(result: Segmentation, paths: Sequence[Path]) -> None:
+    """Each label's mask (L, *spatial) bool to its path, 0/1 with the label map's writer
+    (PNG for 2D, NIfTI with the source's geometry)."""
+    for mask, path in zip(result.masks, paths, strict=True):
+        write_label_map(mask, result.properties, path)
+
+
+def build_case_report(
+    case: InputCase, result: Segmentation, shown: list[int], mask_files: Sequence[Path] = ()
+) -> dict:
+    """The JSON summary of one case: geometry, units, each label's size (from its own mask),
+    the label map's rule, and the names of the ``mask_files`` written (one per label)."""
     props = result.properties
     if result.is_volume:
         unit = "mL" if result.spacing_known else "voxels"
@@ -139,7 +159,11 @@ def build_case_report(case: InputCase, result: Segmentation, shown: list[int]) -
         "spacing_mm": list(props.spacing) if result.spacing_known else None,
         "unit": unit,
         "labels": result.label_sizes(),
+        "label_map_rule": LABEL_MAP_RULE,
     }
+    if mask_files:
+        names = zip(result.labels, mask_files, strict=True)
+        report["mask_files"] = {label: path.name for label, path in names}
     if result.is_volume:
         report["slice_axis"] = result.slice_axis
         report["overlay_slices"] = shown
@@ -165,11 +189,16 @@ def write_case_outputs(
             else:
                 Image.fromarray(np.rint(probs * 255).astype(np.uint8)).save(target)
             index += 1
+    mask_files: list[Path] = []
+    if options.save_masks:
+        mask_files = paths[index : index + len(result.labels)]
+        write_masks(result, mask_files)
+        index += len(mask_files)
     shown: list[int] = []
     if options.overlay:
         picture, shown = render_case_overlay(image, result, options.overlay_slices)
         save_png(picture, paths[index])
-    report = build_case_report(case, result, shown)
+    report = build_case_report(case, result, shown, mask_files)
     write_bytes_atomic(paths[-1], json.dumps(report, indent=2).encode())
     return paths
 

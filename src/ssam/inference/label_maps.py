@@ -1,8 +1,10 @@
 """Per-label probabilities -> masks and a label map, and the size of each label (DESIGN.md 7).
 
-Pure functions over numpy arrays. A label map holds, per pixel, the value k of the label of
-highest probability where that probability is at least the threshold (labels are 1..L in the
-order asked for), else background 0.
+Pure functions over numpy arrays. Each label's mask is its own probability >= 0.5, whatever
+else was asked for, so masks may overlap (a lesion inside an organ); sizes count these masks.
+A label map, for display and files, holds one label per pixel: the value k of the most
+probable label among those at least at the threshold (labels are 1..L in the order asked
+for), else background 0 (``LABEL_MAP_RULE``).
 """
 
 from __future__ import annotations
@@ -12,6 +14,10 @@ from collections.abc import Sequence
 import numpy as np
 
 THRESHOLD = 0.5
+LABEL_MAP_RULE = (
+    "per pixel the most probable label among those with probability >= 0.5 (ties: the label "
+    "listed first), else 0; sizes and masks count each label on its own, overlaps included"
+)
 
 
 def compute_masks(probabilities: np.ndarray, threshold: float = THRESHOLD) -> np.ndarray:
@@ -43,25 +49,30 @@ def compute_label_map(probabilities: np.ndarray, threshold: float = THRESHOLD) -
 
 
 def compute_label_sizes(
-    label_map: np.ndarray,
+    masks: np.ndarray,
     labels: Sequence[str],
     spacing: Sequence[float] | None,
     is_volume: bool,
 ) -> dict[str, dict[str, float | int | None]]:
-    """Size of each label of ``label_map`` (value k = ``labels[k - 1]``).
+    """Size of each label's own mask (``masks[k - 1]`` is ``labels[k - 1]``'s).
+
+    Masks may overlap: a pixel counts for every label whose mask holds it, so a label's size
+    does not depend on the other labels asked for (the label map's one label per pixel would).
 
     Args:
-        label_map: (H, W) for 2D or (I, J, K) for a volume; integer values.
+        masks: (L, H, W) for 2D or (L, I, J, K) for a volume; bool (nonzero counts).
         labels: the L label names in label-value order.
-        spacing: pixel/voxel size in mm along the array's axes (2 or 3 values; for a 2D
-            image given as (H, W, 1) only the first two count); None when unknown.
+        spacing: pixel/voxel size in mm along the spatial axes (2 or 3 values; for a 2D
+            image given as (L, H, W, 1) only the first two count); None when unknown.
         is_volume: report volumes (mL) instead of areas (mm^2).
 
     Returns:
         name -> {"value": k, "pixels" or "voxels": count, "area_mm2" or "volume_ml": size
         (None when the spacing is unknown)}. Volume mL = voxels x voxel volume mm^3 / 1000.
     """
-    counts = np.bincount(label_map.ravel().astype(np.int64), minlength=len(labels) + 1)
+    masks = np.asarray(masks)
+    if masks.ndim < 2 or masks.shape[0] != len(labels):
+        raise ValueError(f"masks must be (L, ...) with L = {len(labels)}, got shape {masks.shape}")
     if is_volume:
         unit_key, count_key = "volume_ml", "voxels"
         unit = None if spacing is None else float(np.prod(spacing[:3])) / 1000.0
@@ -69,8 +80,8 @@ def compute_label_sizes(
         unit_key, count_key = "area_mm2", "pixels"
         unit = None if spacing is None else float(spacing[0]) * float(spacing[1])
     sizes: dict[str, dict[str, float | int | None]] = {}
-    for value, name in enumerate(labels, start=1):
-        count = int(counts[value])
+    for value, (name, mask) in enumerate(zip(labels, masks, strict=True), start=1):
+        count = int(np.count_nonzero(mask))
         sizes[name] = {
             "value": value,
             count_key: count,

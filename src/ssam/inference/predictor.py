@@ -60,9 +60,11 @@ class Segmentation:
     Attributes:
         labels: the L label names; label value k in ``label_map`` is ``labels[k - 1]``.
         probabilities: (L, *spatial) float32 in [0, 1].
-        masks: (L, *spatial) bool, probability >= 0.5 (labels may overlap).
-        label_map: (*spatial) uint8 (uint16 above 255 labels); per pixel the label of
-            highest probability where it is >= 0.5, else 0.
+        masks: (L, *spatial) bool, each label's own probability >= 0.5, whatever else was
+            asked for (labels may overlap: a lesion inside an organ is in both masks).
+        label_map: (*spatial) uint8 (uint16 above 255 labels), for display and label-map
+            files: per pixel the most probable label among those >= 0.5, else 0, so where
+            masks overlap it shows one label only (``label_maps.LABEL_MAP_RULE``).
         properties: geometry of the source (``write_label_map`` takes it back).
         slice_axis: the spatial axis (0..2) sliced; 2 for 2D images.
         spacing_known: whether ``properties.spacing`` is a real size in mm.
@@ -85,9 +87,10 @@ class Segmentation:
         return self.label_map.ndim == 3
 
     def label_sizes(self) -> dict[str, dict[str, float | int | None]]:
-        """Per label of the label map: pixel count and area (mm^2), or voxels and mL."""
+        """Per label, from its own mask (not the label map), so independent of the other
+        labels asked for: pixel count and area (mm^2), or voxels and mL."""
         spacing = self.properties.spacing if self.spacing_known else None
-        return compute_label_sizes(self.label_map, self.labels, spacing, self.is_volume)
+        return compute_label_sizes(self.masks, self.labels, spacing, self.is_volume)
 
 
 class SSAMPredictor:

@@ -45,8 +45,10 @@ class WebSegmentation:
 
     Attributes:
         labels: L names; value k of ``label_map`` is ``labels[k - 1]``.
-        label_map: (H, W) for 2D images, (I, J, K) for volumes; uint8.
-        masks: (L, *label_map.shape) bool, probability >= 0.5 (labels may overlap).
+        label_map: (H, W) for 2D images, (I, J, K) for volumes; uint8, for display: per
+            pixel the most probable label among those >= 0.5, else 0.
+        masks: (L, *label_map.shape) bool, each label's own probability >= 0.5 (labels may
+            overlap); sizes count these.
         display: (C, I, J, K) uint8, the 0-255 intensities the model saw (C = 1 or 3).
         properties: geometry of the upload; ``format``: "png", "jpeg", "dicom" or "nifti".
         unknown_labels: asked-for names the model was not trained on.
@@ -75,10 +77,10 @@ class WebSegmentation:
         return self.display.shape[1 + SLICE_AXIS]
 
     def label_sizes(self) -> dict[str, dict[str, float | int | None]]:
-        """Per label: pixels and mm^2 (2D) or voxels and mL (volumes); sizes None if the
-        upload states no spacing."""
+        """Per label, from its own mask (independent of the other labels asked for): pixels
+        and mm^2 (2D) or voxels and mL (volumes); sizes None if the upload states no spacing."""
         spacing = self.properties.spacing if self.spacing_known else None
-        return compute_label_sizes(self.label_map, self.labels, spacing, self.is_volume)
+        return compute_label_sizes(self.masks, self.labels, spacing, self.is_volume)
 
 
 def parse_label_names(values: Sequence[str]) -> list[str]:

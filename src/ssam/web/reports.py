@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ssam.inference.label_maps import LABEL_MAP_RULE
 from ssam.inference.overlay import label_colours
 from ssam.web.encoding import encode_array
 from ssam.web.engine import SLICE_AXIS, WebSegmentation
@@ -43,6 +44,8 @@ def warnings_of(result: WebSegmentation) -> list[str]:
 def summarise(result: WebSegmentation, timings: dict[str, float]) -> dict:
     """Everything but the arrays: labels, colours, geometry, sizes, warnings, timings.
 
+    ``sizes`` count each label's own mask (labels may overlap); ``label_map_rule`` says how
+    the label map keeps one label per pixel for display.
     ``shape`` is (H, W) for 2D images and (I, J, K) for volumes; ``slices`` counts the
     slices along the last axis (1 for 2D images); ``rotated`` tells that slice pictures are
     shown rotated 90 degrees counter-clockwise (NIfTI).
@@ -57,6 +60,7 @@ def summarise(result: WebSegmentation, timings: dict[str, float]) -> dict:
         "spacing_mm": list(props.spacing) if result.spacing_known else None,
         "unit": size_unit(result),
         "sizes": result.label_sizes(),
+        "label_map_rule": LABEL_MAP_RULE,
         "slices": result.n_slices,
         "slice_axis": SLICE_AXIS,
         "rotated": result.format == "nifti",
