@@ -13,6 +13,7 @@ PACKAGE = Path(ssam.__file__).resolve().parent
 LAYERS = [
     "errors",
     "atomic",
+    "threads",
     "weights",
     "sam",
     "tuning",
