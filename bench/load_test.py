@@ -3,6 +3,7 @@
     python bench/load_test.py                 # 8 clients, 60 s, in-process server, tiny model
     python bench/load_test.py --quick         # 8 clients, 3 s: a smoke run
     python bench/load_test.py --url http://127.0.0.1:8000 --labels liver,kidney   # a running server
+    python bench/load_test.py --quick --slow-clients 300   # and 300 half-sent requests
 
 Without ``--url`` the script starts the app on a free loopback port with a tiny random model
 (``--variant vit_b``: ViT-B at 256 with random weights, CPU speed as the real one) or with
@@ -13,6 +14,12 @@ cached embeddings and encoder runs are measured. 429 answers are the server's de
 back-pressure: the client waits as ``Retry-After`` asks (at most 0.2 s) and counts them apart;
 any other failure is an error, and the script exits 1 if there was one.
 
+``--slow-clients N`` adds a slow-client attack from a second loopback address (``--slow-from``,
+default 127.0.0.2): N connections that send half a request head and idle, each reopened a
+second after the server closes it (so at most N x (duration + 1) connections in all). Meanwhile
+``/healthz`` is fetched every 0.25 s from the normal address; any answer but 200 counts as a
+health failure, and the script exits 1 if there was one.
+
 Prints a table and writes JSON (``--out``, default ``bench/results/load_test-<time>.json``).
 """
 
@@ -21,13 +28,15 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import selectors
+import socket
 import statistics
 import sys
 import tempfile
 import threading
 import time
 from collections import Counter
-from contextlib import ExitStack
+from contextlib import ExitStack, suppress
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -55,12 +64,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--clip-checkpoint", type=Path, default=None)
     p.add_argument("--queue-size", type=int, default=4, help="in-process server's waiting places")
     p.add_argument("--timeout", type=float, default=120.0, help="client timeout per request (s)")
+    p.add_argument("--slow-clients", type=int, default=0, help="half-sent requests held open")
+    p.add_argument("--slow-from", default="127.0.0.2", help="loopback address they come from")
+    p.add_argument(
+        "--header-timeout", type=float, default=None, help="in-process server's head deadline (s)"
+    )
     p.add_argument("--out", type=Path, default=None, help="JSON file (default: bench/results/)")
     args = p.parse_args(argv)
     if args.quick:
         args.duration = min(args.duration, 3.0)
-    if args.clients < 1 or args.duration <= 0 or args.fresh_every < 0:
-        p.error("--clients >= 1, --duration > 0 and --fresh-every >= 0 are required")
+    if args.clients < 1 or args.duration <= 0 or args.fresh_every < 0 or args.slow_clients < 0:
+        p.error("--clients >= 1, --duration > 0, --fresh-every >= 0, --slow-clients >= 0")
     return args
 
 
@@ -156,6 +170,109 @@ def run_client(
                 n += 1
 
 
+@dataclass
+class SlowTally:
+    """What the slow clients and the health probe saw (each written by one thread)."""
+
+    opened: int = 0
+    answers: Counter = field(default_factory=Counter)
+    connect_errors: int = 0
+    health_ms: list[float] = field(default_factory=list)
+    health: Counter = field(default_factory=Counter)
+
+
+# Half a request head: the request line and part of a header, never finished.
+SLOW_REQUEST = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0"
+
+
+def open_slow(address: tuple[str, int], source: str, tally: SlowTally) -> socket.socket | None:
+    """One slow connection from ``source`` that has sent ``SLOW_REQUEST`` (None if refused)."""
+    tally.opened += 1
+    try:
+        sock = socket.create_connection(address, timeout=2, source_address=(source, 0))
+    except OSError:
+        tally.connect_errors += 1
+        return None
+    with suppress(OSError):  # already refused: its answer (or reset) is read as the others
+        sock.sendall(SLOW_REQUEST)
+    sock.setblocking(False)
+    return sock
+
+
+def answer_kind(data: bytes) -> str:
+    """How the server ended a slow connection: its status code, or "closed"."""
+    return data[9:12].decode("ascii", "replace") if data.startswith(b"HTTP/1.") else "closed"
+
+
+def run_slow_clients(url: str, args: argparse.Namespace, stop: float, tally: SlowTally) -> None:
+    """Hold ``args.slow_clients`` half-sent requests open until ``stop``; reopen each one a
+    second after the server ends it; at most slow_clients x (duration + 1) connections."""
+    parts = urlparse(url)
+    address = (parts.hostname or "127.0.0.1", parts.port or 80)
+    budget = int(args.slow_clients * (args.duration + 1))
+    reopen: list[float] = [0.0] * args.slow_clients  # when each place may connect again
+    selector = selectors.DefaultSelector()
+    try:
+        while (now := time.monotonic()) < stop:
+            for place, when in enumerate(reopen):
+                if when <= now and tally.opened < budget:
+                    reopen[place] = float("inf")
+                    sock = open_slow(address, args.slow_from, tally)
+                    if sock is None:
+                        reopen[place] = now + 1.0
+                    else:
+                        selector.register(sock, selectors.EVENT_READ, place)
+            for key, _ in selector.select(timeout=0.1):
+                try:
+                    data = key.fileobj.recv(4096)
+                except OSError:
+                    data = b""
+                tally.answers[answer_kind(data)] += 1
+                selector.unregister(key.fileobj)
+                key.fileobj.close()
+                reopen[key.data] = time.monotonic() + 1.0
+    finally:
+        for key in list(selector.get_map().values()):
+            key.fileobj.close()
+        selector.close()
+
+
+def probe_health(url: str, stop: float, tally: SlowTally) -> None:
+    """``GET /healthz`` every 0.25 s until ``stop``: statuses and latencies."""
+    with httpx.Client(base_url=url, timeout=5) as http:
+        while time.monotonic() < stop:
+            tic = time.perf_counter()
+            try:
+                status: int | str = http.get("/healthz").status_code
+            except httpx.HTTPError as err:
+                status = type(err).__name__
+            tally.health[str(status)] += 1
+            tally.health_ms.append(1000.0 * (time.perf_counter() - tic))
+            time.sleep(0.25)
+
+
+def slow_report(tally: SlowTally, args: argparse.Namespace) -> dict:
+    checks = sum(tally.health.values())
+    return {
+        "slow_clients": {
+            "sockets": args.slow_clients,
+            "from": args.slow_from,
+            "opened": tally.opened,
+            "connect_errors": tally.connect_errors,
+            "ended_by_server": dict(tally.answers),
+            "still_open_at_end": tally.opened - tally.connect_errors - sum(tally.answers.values()),
+        },
+        "health": {
+            "checks": checks,
+            "ok": tally.health.get("200", 0),
+            "failures": checks - tally.health.get("200", 0),
+            "statuses": dict(tally.health),
+            "p50_ms": percentile(tally.health_ms, 50),
+            "max_ms": max(tally.health_ms) if tally.health_ms else None,
+        },
+    }
+
+
 def percentile(values: list[float], q: float) -> float | None:
     return float(np.percentile(values, q)) if values else None
 
@@ -206,6 +323,13 @@ def print_report(report: dict) -> None:
         str(report["errors"]),
     )
     Console().print(table)
+    if "health" in report:
+        slow, health = report["slow_clients"], report["health"]
+        Console().print(
+            f"slow clients: {slow['sockets']} from {slow['from']}, {slow['opened']} opened, "
+            f"ended by the server: {slow['ended_by_server']}; /healthz: {health['ok']} of "
+            f"{health['checks']} ok, p50 {fmt(health['p50_ms'])} ms, max {fmt(health['max_ms'])} ms"
+        )
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -219,7 +343,10 @@ def run(args: argparse.Namespace) -> dict:
 
             folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ssam-load-")))
             predictor = build_predictor(args, folder)
-            settings = ServerSettings(queue_size=args.queue_size, upload_dir=folder)
+            timeouts = (
+                {} if args.header_timeout is None else {"header_timeout_s": args.header_timeout}
+            )
+            settings = ServerSettings(queue_size=args.queue_size, upload_dir=folder, **timeouts)
             server = stack.enter_context(BackgroundServer(create_app(predictor, settings)))
             url = server.url
             setup = {
@@ -227,13 +354,18 @@ def run(args: argparse.Namespace) -> dict:
                 **settings.model_dump(mode="json"),
             }
         url = check_loopback(url)
-        image, tally = base_image(), Tally()
+        if args.slow_clients:
+            check_loopback(f"http://{args.slow_from}")
+        image, tally, slow = base_image(), Tally(), SlowTally()
         start = time.monotonic()
         stop = start + args.duration
         threads = [
             threading.Thread(target=run_client, args=(url, i, args, image, stop, tally))
             for i in range(args.clients)
         ]
+        if args.slow_clients:
+            threads.append(threading.Thread(target=run_slow_clients, args=(url, args, stop, slow)))
+            threads.append(threading.Thread(target=probe_health, args=(url, stop, slow)))
         for thread in threads:
             thread.start()
         for thread in threads:
@@ -241,6 +373,8 @@ def run(args: argparse.Namespace) -> dict:
         elapsed = time.monotonic() - start
         health = httpx.get(f"{url}/healthz", timeout=10).json()
         report = summarise(tally, elapsed, args, health)
+        if args.slow_clients:
+            report.update(slow_report(slow, args))
     report["url"], report["setup"] = url, setup
     report["labels"], report["fresh_every"] = args.labels.split(","), args.fresh_every
     report["date"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -257,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wrote {out}")
     for sample in report["error_samples"]:
         print(f"error: {sample}", file=sys.stderr)
-    return 1 if report["errors"] else 0
+    return 1 if report["errors"] or report.get("health", {}).get("failures") else 0
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ def test_serve_command_starts_on_loopback(web_adapter, tiny_checkpoint, monkeypa
     port = free_port()
     argv = ["serve", "--adapter", str(web_adapter), "--sam-checkpoint", str(tiny_checkpoint)]
     argv += ["--port", str(port), "--offline", "--queue-size", "1", "--log-level", "warning"]
+    argv += ["--allowed-host", "ssam.lab", "--allow-origin", "http://viewer.lab:3000"]
     codes = []
 
     def run_cli() -> None:
@@ -60,6 +61,10 @@ def test_serve_command_starts_on_loopback(web_adapter, tiny_checkpoint, monkeypa
         assert httpx.get(f"{url}/healthz").json()["queue"]["capacity"] == 2
         labels = httpx.get(f"{url}/v1/labels").json()
         assert labels["labels"] == WEB_LABELS and labels["model"]["variant"] == "tiny"
+        assert httpx.get(f"{url}/healthz", headers={"Host": "ssam.lab"}).status_code == 200
+        assert httpx.get(f"{url}/healthz", headers={"Host": "evil.lab"}).status_code == 400
+        preflight = {"Origin": "http://viewer.lab:3000", "Access-Control-Request-Method": "POST"}
+        assert httpx.options(f"{url}/v1/segment", headers=preflight).status_code == 200
     finally:
         servers[0].should_exit = True
         thread.join(20)
@@ -80,6 +85,20 @@ def test_load_test_quick_run(server, tmp_path):
     report = json.loads(out.read_text())
     assert report["clients"] == 8 and report["ok"] > 0 and report["errors"] == 0
     assert report["latency_ms"]["p95"] >= report["latency_ms"]["p50"] > 0
+
+
+def test_load_test_with_slow_clients(make_server, tmp_path):
+    """300 half-sent requests from 127.0.0.2 while 2 clients post: /healthz stays 200."""
+    load_test = load_bench_module()
+    running = make_server(header_timeout_s=1.0)
+    out = tmp_path / "slow.json"
+    argv = ["--duration", "3", "--clients", "2", "--url", running.url, "--out", str(out)]
+    assert load_test.main([*argv, "--slow-clients", "300"]) == 0
+    report = json.loads(out.read_text())
+    assert report["errors"] == 0 and report["ok"] > 0
+    health, slow = report["health"], report["slow_clients"]
+    assert health["checks"] >= 5 and health["failures"] == 0 and health["max_ms"] < 2000
+    assert slow["ended_by_server"]["429"] >= 300 - 32 and slow["ended_by_server"]["408"] > 0
 
 
 def test_load_test_stays_on_loopback():

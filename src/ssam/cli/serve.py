@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 
 from ssam.errors import ConfigError
@@ -29,8 +30,20 @@ def warn_if_exposed(host: str, console: Console) -> None:
     if not is_loopback(host):
         console.print(
             f"[yellow]warning:[/] binding {host}: anyone who can reach this address can upload "
-            "images; the server has no authentication (put it behind a proxy that has)"
+            "images; the server has no authentication (put it behind a proxy that has). "
+            "Requests must name this server as 127.0.0.1, localhost, ::1, the bound address "
+            "or an --allowed-host"
         )
+
+
+# Bind addresses that mean "every interface": no client names the server so.
+WILDCARD_HOSTS = ("0.0.0.0", "::", "")
+
+
+def host_names(host: str, allowed_host: list[str]) -> tuple[str, ...]:
+    """Host header names to answer besides the loopback ones: the bound host and extras."""
+    bound = () if host.strip("[]") in WILDCARD_HOSTS else (host,)
+    return (*bound, *allowed_host)
 
 
 def serve_entry(
@@ -53,6 +66,18 @@ def serve_entry(
     timeout: float = typer.Option(300.0, min=0.1, help="seconds before /v1/segment gives 504"),
     cache_mb: float = typer.Option(512.0, min=0, help="image-embedding cache budget (MiB)"),
     keep_results: int = typer.Option(4, min=1, help="finished page jobs kept for downloads"),
+    allowed_host: list[str] = typer.Option(
+        [], "--allowed-host", help="another Host name to answer (repeatable; '*': any)"
+    ),
+    allow_origin: list[str] = typer.Option(
+        [], "--allow-origin", help="site (http://host:port) whose pages may POST (repeatable)"
+    ),
+    header_timeout: float = typer.Option(
+        10.0, min=0.1, help="seconds a connection gets to send a whole request head"
+    ),
+    max_client_connections: int = typer.Option(
+        32, min=1, help="open connections per client address; more get 429"
+    ),
     offline: bool = typer.Option(False, help="never download weights"),
     log_level: str = typer.Option("info", help="uvicorn log level"),
 ) -> None:
@@ -61,7 +86,7 @@ def serve_entry(
     from ssam.web.app import create_app
     from ssam.web.server import build_server
 
-    settings = ServerSettings(
+    fields = dict(
         max_upload_bytes=int(max_upload_mb * MIB),
         max_pixels=max_pixels,
         max_voxels=max_voxels,
@@ -72,7 +97,15 @@ def serve_entry(
         request_timeout_s=timeout,
         cache_bytes=int(cache_mb * MIB),
         keep_results=keep_results,
+        allowed_hosts=host_names(host, allowed_host),
+        allowed_origins=tuple(allow_origin),
+        header_timeout_s=header_timeout,
+        max_client_connections=max_client_connections,
     )
+    try:
+        settings = ServerSettings(**fields)
+    except ValidationError as err:
+        raise ConfigError("; ".join(error["msg"] for error in err.errors())) from None
     console = Console(stderr=True)
     warn_if_exposed(host, console)
     if adapter is None and merged is None:

@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
@@ -22,7 +23,13 @@ from ssam.web.cache import EmbeddingCache
 from ssam.web.engine import SegmentationEngine
 from ssam.web.errors import QueueFull, RequestError
 from ssam.web.jobs import JobQueue
-from ssam.web.middleware import FORM_SLACK, BodyLimitMiddleware, SecurityHeadersMiddleware
+from ssam.web.middleware import (
+    FORM_SLACK,
+    BodyLimitMiddleware,
+    HostCheckMiddleware,
+    OriginCheckMiddleware,
+    SecurityHeadersMiddleware,
+)
 from ssam.web.services import Services
 from ssam.web.settings import ServerSettings
 
@@ -78,6 +85,22 @@ def create_app(
     def index() -> FileResponse:
         return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
 
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes + FORM_SLACK)
-    app.add_middleware(SecurityHeadersMiddleware)
+    add_middleware(app, settings)
     return app
+
+
+def add_middleware(app: FastAPI, settings: ServerSettings) -> None:
+    """Outermost first: security headers, the Host check, CORS for the allowed origins (only
+    when some are), the Origin check, the body cap."""
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes + FORM_SLACK)
+    app.add_middleware(OriginCheckMiddleware, allowed=settings.allowed_origins)
+    if settings.allowed_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.allowed_origins),
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["*"],
+            expose_headers=["Retry-After", "X-Height", "X-Width", "Content-Disposition"],
+        )
+    app.add_middleware(HostCheckMiddleware, allowed=settings.host_names)
+    app.add_middleware(SecurityHeadersMiddleware)

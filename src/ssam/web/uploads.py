@@ -4,7 +4,10 @@ Nothing a client sends becomes a path: each upload goes to ``upload`` in a fresh
 folder, and after its first bytes are recognised (PNG, JPEG, DICOM with its ``DICM``
 preamble, NIfTI-1/2, gzipped or not) it is renamed to ``image`` plus that format's suffix,
 which the data layer's readers need. Sizes are checked from the header before any pixel
-data is decoded, so a small compressed file cannot expand past the limits.
+data is decoded, so a small compressed file cannot expand past the limits. PNG and JPEG
+sizes are read by Pillow's format plugin directly: ``Image.open`` itself refuses images
+past Pillow's pixel ceiling (DecompressionBombError) before their size could be answered
+with a 413.
 """
 
 from __future__ import annotations
@@ -21,9 +24,10 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+from PIL import Image, JpegImagePlugin, PngImagePlugin
 
 from ssam.data.io import read_header, read_image
-from ssam.data.properties import ImageProperties
+from ssam.data.properties import ImageProperties, reading
 from ssam.errors import DataError
 from ssam.inference.inputs import spacing_is_known
 from ssam.web.errors import PayloadTooLarge, Unprocessable, UnsupportedMedia
@@ -131,16 +135,46 @@ async def save_upload(source: AsyncReadable, target: Path, limit: int) -> tuple[
     return digest.hexdigest(), size
 
 
+def check_pixels(height: int, width: int, limit: int, what: str = "the limit") -> None:
+    """413 when a height x width image has more than ``limit`` pixels (``what`` names it)."""
+    pixels = height * width
+    if pixels > limit:
+        raise PayloadTooLarge(
+            f"image of {height} x {width} = {pixels:,} pixels is over {what} of "
+            f"{limit:,} pixels; downscale it first"
+        )
+
+
+def raster_pixel_limit(settings: ServerSettings) -> tuple[int, str]:
+    """(limit, its name) for PNG/JPEG: ``max_pixels``, or Pillow's ceiling if that is lower.
+
+    ``Image.open`` refuses more than twice ``Image.MAX_IMAGE_PIXELS`` (None: no ceiling).
+    """
+    ceiling = Image.MAX_IMAGE_PIXELS
+    if ceiling is not None and 2 * int(ceiling) < settings.max_pixels:
+        return 2 * int(ceiling), "the image decoder's limit"
+    return settings.max_pixels, "the limit"
+
+
+def raster_size(path: Path, kind: str) -> tuple[int, int] | None:
+    """(height, width) of a PNG or JPEG from its header; None for the other formats.
+
+    The format plugin reads the header only and, unlike ``Image.open``, has no
+    decompression-bomb check, so a huge declared size reaches ``check_pixels``.
+    """
+    plugin = {"png": PngImagePlugin.PngImageFile, "jpeg": JpegImagePlugin.JpegImageFile}
+    if kind not in plugin:
+        return None
+    with reading(path, "image header"), plugin[kind](path) as image:
+        width, height = image.size
+    return height, width
+
+
 def check_dimensions(header: ImageProperties, settings: ServerSettings, axis: int = -1) -> None:
     """413 when the image or volume is over the configured pixel/voxel/slice limits."""
     shape = header.shape
     if header.is_2d:
-        pixels = shape[0] * shape[1]
-        if pixels > settings.max_pixels:
-            raise PayloadTooLarge(
-                f"image of {shape[0]} x {shape[1]} = {pixels:,} pixels is over the limit of "
-                f"{settings.max_pixels:,} pixels; downscale it first"
-            )
+        check_pixels(shape[0], shape[1], settings.max_pixels)
         return
     voxels = math.prod(shape)
     if voxels > settings.max_voxels:
@@ -160,10 +194,15 @@ def _readable_message(err: Exception, path: Path) -> str:
     return str(err).replace(str(path), "upload").replace(str(path.parent), "upload")
 
 
+def _header_error(err: Exception, path: Path) -> Unprocessable:
+    return Unprocessable(f"cannot read the image header: {_readable_message(err, path)}")
+
+
 def identify_upload(folder: Path, settings: ServerSettings) -> tuple[Path, str, ImageProperties]:
     """Sniff ``folder/upload``, rename it with its format's suffix, read and check its header.
 
-    Raises 415 for an unknown format, 422 for a corrupt header, 413 for a too large image.
+    Raises 415 for an unknown format, 422 for a corrupt header, 413 for a too large image
+    (for PNG and JPEG checked before Pillow opens it: see ``raster_size``).
     """
     raw = folder / "upload"
     with raw.open("rb") as handle:
@@ -176,11 +215,15 @@ def identify_upload(folder: Path, settings: ServerSettings) -> tuple[Path, str, 
         )
     path = raw.rename(folder / f"image{SUFFIXES[kind]}")
     try:
+        size = raster_size(path, kind)
+    except (DataError, ValueError, OSError) as err:
+        raise _header_error(err, path) from None
+    if size is not None:
+        check_pixels(*size, *raster_pixel_limit(settings))
+    try:
         header = read_header(path)
     except (DataError, ValueError, OSError) as err:
-        raise Unprocessable(
-            f"cannot read the image header: {_readable_message(err, path)}"
-        ) from None
+        raise _header_error(err, path) from None
     check_dimensions(header, settings)
     return path, kind.removesuffix("-gz"), header
 
