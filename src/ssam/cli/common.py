@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ssam.demo.base import base_overrides
 from ssam.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -30,16 +31,33 @@ def build_config(
     overrides: list[str],
     sam_checkpoint: Path | None = None,
     clip_checkpoint: Path | None = None,
+    base: Path | None = None,
     **fields,
 ) -> TrainConfig:
-    """The training config from a YAML file and/or --data/--label, then --set overrides."""
+    """The training config from a YAML file and/or --data/--label, then --set overrides;
+    ``base``: a finished demo run whose small SAM is the base model (``ssam.demo.base``)."""
     from ssam.config.train import load_train_config
 
+    if base is not None:
+        overrides = base_overrides(base, _sets_lr(config, overrides)) + list(overrides)
     if data is not None:
         overrides = quick_dataset_overrides(data, label) + list(overrides)
     fields["model.sam_checkpoint"] = sam_checkpoint and str(sam_checkpoint.resolve())
     fields["model.clip_checkpoint"] = clip_checkpoint and str(clip_checkpoint.resolve())
     return load_train_config(config, list(overrides), **fields)
+
+
+def _sets_lr(config: Path | None, overrides: list[str]) -> bool:
+    """Whether the YAML config or an override sets the learning rate."""
+    import yaml
+
+    if any(item.strip().startswith("optim.lr=") for item in overrides):
+        return True
+    try:
+        tree = yaml.safe_load(config.read_text()) if config is not None else None
+    except (OSError, yaml.YAMLError):
+        return False  # load_train_config reports the unreadable file
+    return isinstance(tree, dict) and "lr" in (tree.get("optim") or {})
 
 
 def build_intensity(

@@ -18,6 +18,10 @@ def demo_entry(
     clip_checkpoint: Path | None = typer.Option(None, help="CLIP ViT-B/32 weights"),
     model: str = typer.Option("vit_b", help="SAM variant of --sam-checkpoint"),
     seed: int = typer.Option(0, help="seed of phantoms, initialisation and training"),
+    epochs: int | None = typer.Option(None, min=1, help="S-SAM epochs (default: the plan's)"),
+    val_fraction: float = typer.Option(
+        0.2, min=0.01, max=0.9, help="--data: held-out share (a dataset's own split wins)"
+    ),
 ) -> None:
     """Show S-SAM working end to end, offline: data, training, metrics, predictions."""
     from ssam.demo import DemoOptions, run_demo
@@ -25,6 +29,7 @@ def demo_entry(
     options = DemoOptions(
         output_dir=output_dir, quick=quick, seed=seed, data=data, label=label,
         sam_checkpoint=sam_checkpoint, clip_checkpoint=clip_checkpoint, variant=model,
+        epochs=epochs, val_fraction=val_fraction,
     )  # fmt: skip
     result = run_demo(options, say=typer.echo)
     typer.echo("")
@@ -42,7 +47,9 @@ def demo_entry(
     for name, path in result.files.items():
         typer.echo(f"  {name:<15} {path}")
     typer.echo(
-        "\nOn real weights and data:\n"
+        f"\nOffline, on this demo's small SAM:\n"
+        f"  ssam train --base {result.output_dir} --data YOUR_DATA --label NAME\n"
+        "On real weights and data:\n"
         "  ssam train --data YOUR_DATA --label NAME --sam-checkpoint sam_vit_b_01ec64.pth "
         "--clip-checkpoint ViT-B-32.pt\n"
         "  (or ssam demo --data YOUR_DATA --label NAME --sam-checkpoint ... --clip-checkpoint ...)"

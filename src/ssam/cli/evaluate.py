@@ -19,6 +19,7 @@ def evaluate_entry(
     output_dir: Path | None = typer.Option(None, help="where metrics.csv and summary.json go"),
     sam_checkpoint: Path | None = typer.Option(None, help="SAM base checkpoint"),
     clip_checkpoint: Path | None = typer.Option(None, help="CLIP weights"),
+    base: Path | None = typer.Option(None, help="a finished `ssam demo` run as the base model"),
     batch_size: int = typer.Option(8, help="slices per encoder call"),
     set_: list[str] = typer.Option([], "--set", help="override any setting: key=value"),
 ) -> None:
@@ -29,7 +30,7 @@ def evaluate_entry(
 
     if split not in SPLITS:
         raise typer.BadParameter(f"split must be one of {', '.join(SPLITS)}, not {split!r}")
-    cfg = build_config(config, data, label, set_, sam_checkpoint, clip_checkpoint)
+    cfg = build_config(config, data, label, set_, sam_checkpoint, clip_checkpoint, base)
     if adapter is None:
         typer.echo(f"no --adapter: scoring the {UNTRAINED}, a baseline", err=True)
     result = evaluate(cfg, adapter, split, output_dir, batch_size)  # type: ignore[arg-type]

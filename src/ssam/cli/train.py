@@ -19,6 +19,9 @@ def train_entry(
     batch_size: int | None = typer.Option(None, help="batch size per process"),
     sam_checkpoint: Path | None = typer.Option(None, help="SAM base checkpoint"),
     clip_checkpoint: Path | None = typer.Option(None, help="CLIP weights"),
+    base: Path | None = typer.Option(
+        None, help="a finished `ssam demo` run: train on its small SAM (offline; sets model and lr)"
+    ),
     resume: bool = typer.Option(False, help="continue the run saved in the output folder"),
     set_: list[str] = typer.Option([], "--set", help="override any setting: key=value"),
 ) -> None:
@@ -33,6 +36,7 @@ def train_entry(
         set_,
         sam_checkpoint,
         clip_checkpoint,
+        base,
         output_dir=output_dir and str(output_dir),
         epochs=epochs,
         max_steps=max_steps,

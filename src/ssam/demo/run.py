@@ -12,6 +12,7 @@ Stages (each timed and reported):
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import time
@@ -31,7 +32,6 @@ from ssam.demo.phantoms import PRETRAIN_STRUCTURES, write_phantom_dataset
 from ssam.demo.plots import plot_learning_curves, render_panels
 from ssam.errors import ConfigError
 from ssam.evaluation.evaluate import evaluate, select_split_cases
-from ssam.factory import create_model
 from ssam.inference.files import PredictOptions, predict_cases
 from ssam.inference.inputs import InputCase
 from ssam.inference.predictor import SSAMPredictor
@@ -39,7 +39,6 @@ from ssam.sam.checkpoint import save_state_dict
 from ssam.sam.variants import get_sam_spec
 from ssam.train import train
 from ssam.train.log import read_log
-from ssam.tuning.adapter import save_adapter
 from ssam.weights import get_cache_dir
 
 MARKER = "demo.json"
@@ -77,6 +76,8 @@ class DemoOptions:
     variant: str = "vit_b"
     real_image_size: int = 256
     allow_download: bool = False
+    epochs: int | None = None  # None: the plan's
+    val_fraction: float = 0.2  # --data without its own split: the held-out share
 
 
 @dataclass
@@ -145,7 +146,7 @@ def _dataset(options: DemoOptions, root: Path, plan: DemoPlan) -> DatasetConfig:
         layout=layout,
         label=options.label if layout == "folder" else None,
         labels=[options.label] if layout == "nnunet" and options.label else None,
-        split=SplitConfig(val_fraction=0.2, seed=options.seed),
+        split=SplitConfig(val_fraction=options.val_fraction, seed=options.seed),
     )
 
 
@@ -246,11 +247,9 @@ def _official_base(options: DemoOptions, official: tuple[Path, Path]) -> _Base:
 
 
 def _score_untrained(config: TrainConfig, split: str, out: Path) -> tuple[list[str], dict]:
-    """The label names, and Dice per label of the model before any S-SAM training."""
-    model = create_model(config.model)
+    """The label names, and Dice per label of the model training starts from (same seed)."""
     labels = list(list(select_split_cases(config, split).values())[0][0].labels)
-    path = save_adapter(model, out / "untrained.safetensors", labels)
-    return labels, _mean_dice(evaluate(config, path, split, out / "eval-untrained").table)
+    return labels, _mean_dice(evaluate(config, None, split, out / "eval-untrained").table)
 
 
 def _write_pictures(config, result, split: str, labels: list[str], base: _Base, out: Path):
@@ -275,6 +274,8 @@ def _run_demo(
     options: DemoOptions, say: Callable[[str], None], official: tuple[Path, Path] | None
 ) -> DemoResult:
     plan = QUICK if options.quick else FULL
+    if options.epochs is not None:
+        plan = dataclasses.replace(plan, epochs=options.epochs)
     out = _prepare_output(Path(options.output_dir))
     clock = _Clock()
     if options.data is None:
