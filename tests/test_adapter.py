@@ -1,10 +1,15 @@
 """Adapter files: trainable tensors plus a JSON config, checked against the base on load."""
 
 import json
+import subprocess
+import sys
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors import safe_open
+from safetensors.torch import save_file
 
 from ssam.config.model import ModelConfig
 from ssam.errors import AdapterError
@@ -86,3 +91,35 @@ def test_vit_b_adapter_is_about_1_8_mb():
     state = adapter_state_dict(model)
     n_bytes = sum(t.numel() * t.element_size() for t in state.values())
     assert 1.75e6 < n_bytes < 1.85e6
+
+
+CRAFTED = {
+    "a list": lambda c: [c],
+    "svd_targets 123": lambda c: {**c, "svd_targets": 123},
+    "labels 5": lambda c: {**c, "labels": 5},
+    "image_size abc": lambda c: {**c, "image_size": "abc"},
+    "no variant": lambda c: {k: v for k, v in c.items() if k != "variant"},
+    "unknown variant": lambda c: {**c, "variant": "vit_z"},
+    "bad intensity": lambda c: {**c, "intensity": {"preset": "ct"}},
+    "intensity a string": lambda c: {**c, "intensity": "rgb"},
+}
+
+
+@pytest.mark.parametrize("kind", sorted(CRAFTED))
+def test_crafted_adapter_configs_are_one_line_errors(kind, adapter, tiny_checkpoint, tmp_path):
+    """Through ``ssam predict`` in a real process: exit 2, one line naming the file."""
+    with safe_open(str(adapter), framework="pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+        config = json.loads(f.metadata()["ssam"])
+    crafted = tmp_path / "crafted.safetensors"
+    save_file(tensors, crafted, metadata={"ssam": json.dumps(CRAFTED[kind](config))})
+    image = tmp_path / "x.png"
+    Image.fromarray(np.full((32, 32), 90, np.uint8)).save(image)
+    done = subprocess.run(
+        [sys.executable, "-m", "ssam", "predict", str(image), "-o", str(tmp_path / "out"),
+         "--adapter", str(crafted), "--sam-checkpoint", str(tiny_checkpoint), "--offline"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr and str(crafted) in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr

@@ -10,9 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from pydantic import ValidationError
 
 from ssam.config.model import ModelConfig
-from ssam.errors import AdapterError
+from ssam.errors import AdapterError, summarise_validation
 from ssam.factory import create_model
 from ssam.model import SSAM
 from ssam.tuning.adapter import load_adapter, read_adapter
@@ -36,12 +37,18 @@ def model_config_from_adapter(
         fields["svd_targets"] = tuple(adapter_config["svd_targets"])
     if adapter_config.get("lora_rank") is not None:
         fields["lora_rank"] = adapter_config["lora_rank"]
-    return ModelConfig(
-        **fields,
-        sam_checkpoint=Path(sam_checkpoint) if sam_checkpoint is not None else None,
-        clip_checkpoint=Path(clip_checkpoint) if clip_checkpoint is not None else None,
-        allow_download=allow_download,
-    )
+    try:
+        return ModelConfig(
+            **fields,
+            sam_checkpoint=Path(sam_checkpoint) if sam_checkpoint is not None else None,
+            clip_checkpoint=Path(clip_checkpoint) if clip_checkpoint is not None else None,
+            allow_download=allow_download,
+        )
+    except ValidationError as err:
+        raise AdapterError(
+            f"adapter config does not describe a model this version builds: "
+            f"{summarise_validation(err)}"
+        ) from None
 
 
 def load_adapted_model(
@@ -58,9 +65,12 @@ def load_adapted_model(
     on another base, ``CheckpointError`` for unreadable or foreign weight files.
     """
     _, adapter_config = read_adapter(adapter)
-    config = model_config_from_adapter(
-        adapter_config, sam_checkpoint, clip_checkpoint, allow_download
-    )
+    try:
+        config = model_config_from_adapter(
+            adapter_config, sam_checkpoint, clip_checkpoint, allow_download
+        )
+    except AdapterError as err:
+        raise AdapterError(f"{adapter}: {err}") from None
     model = create_model(config)
     load_adapter(model, adapter)
     model.requires_grad_(False)

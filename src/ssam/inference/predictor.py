@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from pydantic import ValidationError
 
 from ssam.config.data import IntensityConfig
 from ssam.data.io import read_image, take_slice
@@ -36,7 +37,7 @@ from ssam.data.transforms import (
     restore_to_original,
     scale_intensity,
 )
-from ssam.errors import ConfigError, DataError
+from ssam.errors import AdapterError, ConfigError, DataError, summarise_validation
 from ssam.inference.inputs import array_properties, spacing_is_known
 from ssam.inference.label_maps import compute_label_map, compute_label_sizes, compute_masks
 from ssam.inference.loading import load_adapted_model
@@ -134,7 +135,13 @@ class SSAMPredictor:
             adapter, sam_checkpoint, clip_checkpoint, device, allow_download
         )
         if kwargs.get("intensity") is None and isinstance(config.get("intensity"), dict):
-            kwargs["intensity"] = IntensityConfig(**config["intensity"])
+            try:
+                kwargs["intensity"] = IntensityConfig(**config["intensity"])
+            except ValidationError as err:
+                raise AdapterError(
+                    f"{adapter}: bad intensity in the adapter config: "
+                    f"{summarise_validation(err, 'intensity')}"
+                ) from None
         return cls(model, config.get("labels", ()), **kwargs)
 
     @classmethod

@@ -12,12 +12,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
 from ssam.atomic import atomic_path
-from ssam.errors import AdapterError
+from ssam.errors import AdapterError, summarise_validation
 from ssam.sam.checkpoint import check_state_keys
 
 FORMAT = "ssam-adapter"
@@ -25,6 +26,41 @@ VERSION = 1
 META_KEY = "ssam"  # safetensors metadata key of the JSON config (adapters, merged companions)
 # Base properties that must agree between an adapter and the model it is loaded on.
 _MUST_MATCH = ("variant", "image_size", "method", "text_encoder", "base_sha256", "text_sha256")
+
+
+class AdapterConfigSchema(BaseModel):
+    """What an adapter's JSON config must hold, checked on read so that a crafted or damaged
+    file is one line naming the key, not a traceback deep in model building. Keys added by
+    later versions (``extra``) are kept and passed on."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    format: str
+    version: int = Field(ge=1)
+    variant: str
+    image_size: int = Field(ge=16, le=4096)
+    method: str
+    text_encoder: str
+    svd_targets: list[str] = []
+    base_sha256: str | None = None
+    text_sha256: str | None = None
+    lora_rank: int | None = Field(default=None, ge=1)
+    labels: list[str] = []
+    intensity: dict | None = None
+
+
+def validate_adapter_config(config: object, path: str | Path) -> dict:
+    """``config`` checked against ``AdapterConfigSchema``; AdapterError naming the file and
+    every bad key otherwise."""
+    if not isinstance(config, dict):
+        raise AdapterError(
+            f"{path}: the adapter config must be a JSON object, not a {type(config).__name__}"
+        )
+    try:
+        AdapterConfigSchema.model_validate(config)
+    except ValidationError as err:
+        raise AdapterError(f"{path}: bad adapter config: {summarise_validation(err)}") from None
+    return config
 
 
 def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -77,14 +113,20 @@ def read_tagged_safetensors(
         config = json.loads(meta[META_KEY])
     except (KeyError, ValueError):
         raise error(f"{path}: safetensors file without an S-SAM {what} config") from None
+    if not isinstance(config, dict):
+        raise error(
+            f"{path}: the {what} config must be a JSON object, not a {type(config).__name__}"
+        )
     if config.get("format") != fmt:
         raise error(f"{path}: format {config.get('format')!r} is not {fmt!r}")
     return tensors, config
 
 
 def read_adapter(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
-    """(tensors, config) of an adapter file; AdapterError if it is not one."""
-    return read_tagged_safetensors(path, FORMAT, AdapterError, "adapter")
+    """(tensors, config) of an adapter file, its config checked (``AdapterConfigSchema``);
+    AdapterError if it is not one."""
+    tensors, config = read_tagged_safetensors(path, FORMAT, AdapterError, "adapter")
+    return tensors, validate_adapter_config(config, path)
 
 
 def check_adapter_base(config: dict, model: nn.Module, path: str | Path) -> None:
