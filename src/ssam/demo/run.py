@@ -60,7 +60,7 @@ class DemoPlan:
     lr: float
 
 
-FULL = DemoPlan(128, 128, 80, 64, 32, 300, 2e-3, 36, 8, 1e-2)
+FULL = DemoPlan(128, 128, 80, 64, 32, 300, 2e-3, 48, 8, 1e-2)
 QUICK = DemoPlan(64, 64, 12, 10, 4, 8, 2e-3, 2, 4, 3e-3)
 
 
