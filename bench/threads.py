@@ -1,12 +1,12 @@
 """Threads: the image encoder at 1 and 2 torch threads, on a quiet machine and beside one
 competing busy process, and what ``--threads auto`` (``ssam.threads``) picks in each case.
 
-    python bench/threads.py [--quick] [--rounds 6]
+    python bench/threads.py [--quick] [--rounds 6] [--out FILE]
 
 Default: ViT-B at 256, batch 1, seeded random weights in the official layout. The busy process
 is a plain Python loop (one core, like another user's job). Within each load phase the thread
 counts alternate (interleaved rounds); ratios of medians come from this one run. Prints a
-table and writes ``bench/results/threads_<variant>_<size>.json``.
+table and writes ``bench/results/threads_<variant>_<size>.json`` (or ``--out``).
 """
 
 from __future__ import annotations
@@ -54,11 +54,12 @@ def measure_phase(step, rounds: int) -> dict:
     }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny SAM at 64 (smoke run)")
     parser.add_argument("--rounds", type=int, default=6)
-    args = parser.parse_args()
+    parser.add_argument("--out", type=Path, default=None, help="JSON file to write")
+    args = parser.parse_args(argv)
     variant, size = ("tiny", 64) if args.quick else ("vit_b", 256)
     with tempfile.TemporaryDirectory() as work:
         checkpoint = write_random_checkpoint(variant, Path(work))
@@ -89,13 +90,15 @@ def main() -> None:
     print(f"image encoder, {variant} at {size}, batch 1 (medians of {args.rounds} rounds)")
     print(format_table(headers, rows))
     result = {
-        "command": "python bench/threads.py " + shlex.join(sys.argv[1:]),
+        "command": "python bench/threads.py "
+        + shlex.join(argv if argv is not None else sys.argv[1:]),
         "machine": describe_machine(torch.get_num_threads()),
         "phases": phases,
     }
-    out = RESULTS / f"threads_{variant}_{size}.json"
+    out = args.out or RESULTS / f"threads_{variant}_{size}.json"
     out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"written: {out}")
+    return result
 
 
 if __name__ == "__main__":

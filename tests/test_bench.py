@@ -64,3 +64,19 @@ def test_compare_methods_quick(bench_modules, tmp_path, shared_data):
         assert r["trainable"] > 0 and r["adapter_bytes"] > 0
     assert results["methods"]["ssam"]["trainable"] < results["methods"]["decoder"]["trainable"]
     assert out.with_suffix(".png").stat().st_size > 0
+
+
+def test_threads_quick_compares_one_and_two_threads_quiet_and_loaded(bench_modules, tmp_path):
+    import threads
+
+    out = tmp_path / "threads.json"
+    threads.main(["--quick", "--rounds", "2", "--out", str(out)])
+    phases = json.loads(out.read_text())["phases"]
+    assert set(phases) == {"quiet", "one busy process"}
+    for phase in phases.values():
+        assert set(phase["median_s"]) == {"1", "2"} and all(
+            v > 0 for v in phase["median_s"].values()
+        )
+        assert phase["auto_threads"] >= 1
+    # the busy process is seen: auto never asks for more threads than when quiet
+    assert phases["one busy process"]["auto_threads"] <= phases["quiet"]["auto_threads"]
