@@ -27,17 +27,19 @@ class ConfigError(SSAMError, ValueError):
     """A configuration value is invalid."""
 
 
+def describe_problem(problem: dict, prefix: str = "") -> str:
+    """One pydantic error entry as ``field.path: message (got value)``."""
+    where = ".".join(str(p) for p in (prefix, *problem.get("loc", ())) if p != "")
+    got = problem.get("input")
+    shown = f" (got {got!r})" if not isinstance(got, dict | list) else ""
+    return f"{where or 'value'}: {problem.get('msg', 'invalid')}{shown}"
+
+
 def summarise_validation(err: Exception, prefix: str = "") -> str:
-    """A pydantic ``ValidationError`` as one line: ``field.path: message (got value)`` per
-    problem, joined by "; " (other exceptions: their first line)."""
+    """A pydantic ``ValidationError`` as one line, its problems joined by "; " (other
+    exceptions: their first line)."""
     problems = getattr(err, "errors", None)
     if problems is None:
         lines = str(err).strip().splitlines()
         return lines[0] if lines else type(err).__name__
-    parts = []
-    for problem in problems():
-        where = ".".join(str(p) for p in (prefix, *problem.get("loc", ())) if p != "")
-        got = problem.get("input")
-        shown = f" (got {got!r})" if not isinstance(got, dict | list) else ""
-        parts.append(f"{where or 'value'}: {problem.get('msg', 'invalid')}{shown}")
-    return "; ".join(parts)
+    return "; ".join(describe_problem(problem, prefix) for problem in problems())

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ssam.demo.base import base_overrides
 from ssam.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -39,6 +38,8 @@ def build_config(
     from ssam.config.train import load_train_config
 
     if base is not None:
+        from ssam.demo.base import base_overrides
+
         overrides = base_overrides(base, _sets_lr(config, overrides)) + list(overrides)
     if data is not None:
         overrides = quick_dataset_overrides(data, label) + list(overrides)

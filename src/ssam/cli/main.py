@@ -16,7 +16,7 @@ from ssam.cli import params as params_cmd
 from ssam.cli import predict as predict_cmd
 from ssam.cli import serve as serve_cmd
 from ssam.cli import train as train_cmd
-from ssam.errors import SSAMError
+from ssam.errors import SSAMError, summarise_validation
 
 app = typer.Typer(
     name="ssam",
@@ -46,8 +46,11 @@ def main(argv: list[str] | None = None) -> None:
     exit with status 2; usage errors are Typer's own (status 2 as well)."""
     try:
         app(args=argv)
-    except (SSAMError, ValidationError) as err:
+    except SSAMError as err:
         print(f"ssam: error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except ValidationError as err:
+        print(f"ssam: error: {summarise_validation(err)}", file=sys.stderr)
         sys.exit(2)
 
 

@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ssam.config.data import DatasetConfig
 from ssam.config.model import ModelConfig
-from ssam.errors import ConfigError
+from ssam.errors import ConfigError, describe_problem
 
 
 class LossConfig(BaseModel):
@@ -78,20 +78,81 @@ class TrainConfig(BaseModel):
 
 
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set ``tree[a][b]...`` for ``dotted`` = "a.b..."; list entries by index ("datasets.0.x").
+    A wrong index or a key where a list is: ConfigError naming the key and what is allowed."""
     keys = dotted.split(".")
-    node = tree
-    for key in keys[:-1]:
-        if key.isdigit() and isinstance(node, list):
-            node = node[int(key)]
+    node: Any = tree
+    for depth, key in enumerate(keys):
+        here = ".".join(keys[:depth]) or "the config"
+        last = depth == len(keys) - 1
+        if isinstance(node, list):
+            index = _list_index(node, key, dotted, here, keys[depth:])
+            if last:
+                node[index] = value
+                return
+            node = node[index]
+        elif isinstance(node, dict):
+            if last:
+                node[key] = value
+                return
+            node = node.setdefault(key, {})
+        else:
+            raise ConfigError(f"override {dotted!r}: {here} is a value, not a section")
+
+
+def _list_index(items: list, key: str, dotted: str, where: str, keys: list[str]) -> int:
+    """The list index ``key`` of ``items`` (at ``where``; ``keys``: the override's keys from
+    ``key`` on), or a ConfigError saying which indices exist."""
+    n = len(items)
+    valid = f"0 to {n - 1}" if n > 1 else "0" if n == 1 else "none yet"
+    numeric = key.lstrip("-").isdigit()
+    rest = ".".join(keys[1:] if numeric else keys) or "KEY"
+    example = f"{where}.0.{rest}"
+    if not key.isdigit() and not numeric:
+        raise ConfigError(
+            f"override {dotted!r}: {where} is a list of {n} (indices {valid}); "
+            f"name an entry, e.g. {example}"
+        )
+    if not 0 <= int(key) < n:
+        raise ConfigError(
+            f"override {dotted!r}: {where} has {n} entr{'y' if n == 1 else 'ies'} "
+            f"(indices {valid}); e.g. {example}"
+        )
+    return int(key)
+
+
+def _fields_at(loc: tuple) -> list[str] | None:
+    """Field names of the config section at ``loc`` (list indices skipped), or None."""
+    model: Any = TrainConfig
+    for part in loc:
+        if isinstance(part, int):
             continue
-        node = node.setdefault(key, {})
-        if not isinstance(node, dict | list):
-            raise ConfigError(f"override {dotted!r}: {key!r} is not a section")
-    last = keys[-1]
-    if isinstance(node, list):
-        node[int(last)] = value
-    else:
-        node[last] = value
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return None
+        annotation = field.annotation
+        args = getattr(annotation, "__args__", ())
+        model = next((a for a in (annotation, *args) if hasattr(a, "model_fields")), None)
+        if model is None:
+            return None
+    return sorted(getattr(model, "model_fields", {}))
+
+
+def describe_config_errors(err: ValidationError, source: str) -> str:
+    """A ``TrainConfig`` validation error as one line: each bad key with what is allowed."""
+    parts = []
+    for problem in err.errors():
+        loc = tuple(problem.get("loc", ()))
+        key = ".".join(str(p) for p in loc) or "the config"
+        if problem.get("type") == "extra_forbidden":
+            allowed = _fields_at(loc[:-1]) or []
+            hint = f"allowed here: {', '.join(allowed)}"
+            if len(loc) == 1 and loc[0] in DatasetConfig.model_fields:
+                hint = f"{loc[0]!r} is a dataset setting: use datasets.N.{loc[0]} (N from 0)"
+            parts.append(f"unknown key {key} ({hint})")
+        else:
+            parts.append(describe_problem(problem))
+    return f"{source}: " + "; ".join(parts)
 
 
 def parse_overrides(items: list[str]) -> list[tuple[str, Any]]:
@@ -127,7 +188,11 @@ def load_train_config(
     for key, value in fields.items():
         if value is not None:
             _set_dotted(tree, key, value)
-    return TrainConfig.model_validate(tree)
+    try:
+        return TrainConfig.model_validate(tree)
+    except ValidationError as err:
+        source = str(path) if path is not None else "settings"
+        raise ConfigError(describe_config_errors(err, source)) from None
 
 
 def _resolve_paths(tree: dict[str, Any], base: Path) -> None:
