@@ -36,6 +36,9 @@ def evaluate_entry(
     result = evaluate(cfg, adapter, split, output_dir, batch_size)  # type: ignore[arg-type]
     for name, how in result.table.context["splits"].items():
         typer.echo(f"{split} split of {name}: {how}", err=True)
+    for case_id, notes in result.table.context.get("warnings", {}).items():
+        for note in notes:
+            typer.echo(f"WARNING {case_id}: {note}", err=True)
     typer.echo(result.table.render())
     typer.echo(f"empty ground truth: {EMPTY_GT_POLICY}")
     typer.echo(f"{result.n_cases} cases; metrics in {result.output_dir}")

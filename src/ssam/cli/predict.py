@@ -42,6 +42,9 @@ def print_summary(outcomes: list[CaseOutcome], console: Console) -> None:
         if item.status == "failed":
             line = f"FAILED {item.case_id} ({item.source}): {item.reason}"
             console.print(line, soft_wrap=True, markup=False, highlight=False)
+    for item in outcomes:
+        for warning in item.warnings:
+            console.print(f"WARNING {item.case_id}: {warning}", soft_wrap=True, markup=False)
     counts = {s: sum(o.status == s for o in outcomes) for s in ("done", "skipped", "failed")}
     console.print(f"{counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed")
 

@@ -89,13 +89,18 @@ def build_predictor(
     return SSAMPredictor(model, (), batch_size=batch_size)
 
 
-def score_case(predictor: SSAMPredictor, case: Case, slice_axis: int) -> dict[str, dict]:
-    """Metrics per label of one case: predicted label map vs. the case's label map."""
+def score_case(
+    predictor: SSAMPredictor, case: Case, slice_axis: int, notes: list[str] | None = None
+) -> dict[str, dict]:
+    """Metrics per label of one case: predicted label map vs. the case's label map. The
+    prediction's intensity warnings are appended to ``notes`` when given."""
     image, properties = read_case_image(case)
     target, _ = read_case_labels(case)
     names = list(case.labels)
     segmentation = predictor.segment_array(image, properties, names, axis=slice_axis)
     predicted = segmentation.masks  # (L, *spatial): each label's own mask, probability >= 0.5
+    if notes is not None:
+        notes.extend(segmentation.warnings)
     if properties.is_2d:
         target, spacing = target[..., 0], None  # 2D: HD95 in pixels
     else:
@@ -139,8 +144,12 @@ def evaluate(
     for name, dataset_cases in cases.items():
         predictor.intensity = by_name[name].intensity
         for case in dataset_cases:
-            for label, metrics in score_case(predictor, case, by_name[name].slice_axis).items():
+            notes: list[str] = []
+            scores = score_case(predictor, case, by_name[name].slice_axis, notes)
+            for label, metrics in scores.items():
                 table.add(case.case_id, label, metrics, dataset=name)
+            if notes:
+                table.context.setdefault("warnings", {})[case.case_id] = notes
             if on_case is not None:
                 on_case(case.case_id)
     table.write(output_dir)

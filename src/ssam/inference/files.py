@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -73,6 +74,7 @@ class CaseOutcome:
     status: Literal["done", "skipped", "failed"]
     reason: str = ""
     outputs: tuple[Path, ...] = field(default=())
+    warnings: tuple[str, ...] = field(default=())
 
 
 def safe_name(label: str) -> str:
@@ -160,6 +162,8 @@ def build_case_report(
         "unit": unit,
         "labels": result.label_sizes(),
         "label_map_rule": LABEL_MAP_RULE,
+        "intensity": result.intensity.preset,
+        "warnings": list(result.warnings),
     }
     if mask_files:
         names = zip(result.labels, mask_files, strict=True)
@@ -209,8 +213,9 @@ def predict_case(
     options: PredictOptions,
     progress: Callable[[int], None] | None = None,
     on_slices: Callable[[int], None] | None = None,
-) -> list[Path]:
-    """Read, segment and write one case; returns the files written.
+) -> tuple[list[Path], tuple[str, ...]]:
+    """Read, segment and write one case; returns the files written and the warnings about
+    its intensities (``Segmentation.warnings``).
 
     ``on_slices`` is told the case's slice count before prediction starts, ``progress``
     the slices done after each batch.
@@ -222,7 +227,7 @@ def predict_case(
     result = predictor.segment_array(
         image, properties, options.labels, axis=axis, progress=progress
     )
-    return write_case_outputs(case, image, result, options)
+    return write_case_outputs(case, image, result, options), result.warnings
 
 
 def _run_case(
@@ -239,14 +244,18 @@ def _run_case(
             bar.update(done)
 
     try:
-        written = predict_case(predictor, case, options, advance, start)
+        written, warnings = predict_case(predictor, case, options, advance, start)
     except CASE_ERRORS as err:
         reason = str(err) if isinstance(err, SSAMError) else f"{type(err).__name__}: {err}"
         return CaseOutcome(case.case_id, str(case.path), "failed", reason)
     finally:
         for bar in bars:
             bar.close()
-    return CaseOutcome(case.case_id, str(case.path), "done", outputs=tuple(written))
+    for warning in warnings:  # loud and at once, not only in the summary
+        tqdm.write(f"WARNING: {warning}", file=sys.stderr)
+    return CaseOutcome(
+        case.case_id, str(case.path), "done", outputs=tuple(written), warnings=warnings
+    )
 
 
 def predict_cases(

@@ -27,6 +27,7 @@ import torch
 from pydantic import ValidationError
 
 from ssam.config.data import IntensityConfig
+from ssam.data.intensity_check import check_intensity
 from ssam.data.io import read_image, take_slice
 from ssam.data.properties import ImageProperties, normalize_axis
 from ssam.data.transforms import (
@@ -71,6 +72,8 @@ class Segmentation:
         spacing_known: whether ``properties.spacing`` is a real size in mm.
         intensity, value_range: the 0-255 mapping the model saw (resolved preset and the
             source's per-channel range, from ``compute_intensity_range``).
+        warnings: what looked wrong about the input's intensities (``check_intensity``):
+            a mapping that clips most of it, or values unlike the training data's.
     """
 
     labels: tuple[str, ...]
@@ -82,6 +85,7 @@ class Segmentation:
     spacing_known: bool
     intensity: IntensityConfig
     value_range: tuple[np.ndarray, np.ndarray] | None
+    warnings: tuple[str, ...] = ()
 
     @property
     def is_volume(self) -> bool:
@@ -111,6 +115,7 @@ class SSAMPredictor:
         trained_labels: Sequence[str] = (),
         intensity: IntensityConfig | None = None,
         batch_size: int = 8,
+        input_stats: dict | None = None,
     ) -> None:
         if batch_size < 1:
             raise ConfigError(f"batch size must be at least 1, got {batch_size}")
@@ -118,6 +123,7 @@ class SSAMPredictor:
         self.trained_labels = tuple(normalise_label(n) for n in trained_labels)
         self.intensity = intensity
         self.batch_size = batch_size
+        self.input_stats = input_stats
 
     @classmethod
     def from_adapter(
@@ -142,6 +148,7 @@ class SSAMPredictor:
                     f"{adapter}: bad intensity in the adapter config: "
                     f"{summarise_validation(err, 'intensity')}"
                 ) from None
+        kwargs.setdefault("input_stats", config.get("input_stats"))
         return cls(model, config.get("labels", ()), **kwargs)
 
     @classmethod
@@ -334,6 +341,8 @@ class SSAMPredictor:
             )
         axis = 2 if properties.is_2d else normalize_axis(axis)
         intensity, value_range = self.intensity_mapping(image, properties)
+        name = str(properties.path or "the input")
+        found = check_intensity(image, intensity, value_range, name, self.input_stats)
         probabilities = self._predict_volume(image, (intensity, value_range), names, axis, progress)
         if properties.is_2d:
             probabilities = probabilities[..., 0]
@@ -348,14 +357,18 @@ class SSAMPredictor:
             spacing_known=known,
             intensity=intensity,
             value_range=value_range,
+            warnings=tuple(found),
         )
 
     def intensity_mapping(
-        self, image: np.ndarray, properties: ImageProperties
+        self,
+        image: np.ndarray,
+        properties: ImageProperties,
+        override: IntensityConfig | None = None,
     ) -> tuple[IntensityConfig, tuple[np.ndarray, np.ndarray] | None]:
-        """The 0-255 mapping used for (C, I, J, K) ``image``: the configured preset (or the
-        "auto" rule's) and the whole image's value range, computed once."""
-        intensity = resolve_intensity(self.intensity, image, properties.is_2d)
+        """The 0-255 mapping used for (C, I, J, K) ``image``: ``override``, else the configured
+        preset (or the "auto" rule's), and the whole image's value range, computed once."""
+        intensity = resolve_intensity(override or self.intensity, image, properties.is_2d)
         return intensity, compute_intensity_range(image, intensity)
 
     @torch.inference_mode()

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from torch.utils.data import ConcatDataset
 
 from ssam.config.train import TrainConfig
-from ssam.data.cases import Case
+from ssam.data.cases import Case, read_case_image
+from ssam.data.intensity_check import sample_values, summarise_training_values
 from ssam.data.layouts import load_cases
 from ssam.data.samples import SegmentationSamples, build_samples, label_vocabulary
 from ssam.data.splits import DatasetSplit, split_dataset
@@ -24,6 +25,7 @@ class TrainingData:
     vocabulary: list[str]
     val_cases: dict[str, list[Case]]
     splits: dict[str, DatasetSplit]
+    input_stats: dict
 
     @property
     def train_set(self) -> ConcatDataset:
@@ -63,4 +65,18 @@ def build_training_data(config: TrainConfig) -> TrainingData:
         if split.val:
             val.append(build_samples(dataset, split.val, size, train=False, seed=seed))
             val_cases[dataset.dataset_name] = list(split.val)
-    return TrainingData(train, val, weights, label_vocabulary(train), val_cases, splits)
+    presets = {d.intensity.preset for d in config.datasets}
+    stats = summarise_training_values(
+        _sample_training_values(splits), presets.pop() if len(presets) == 1 else None
+    )
+    return TrainingData(train, val, weights, label_vocabulary(train), val_cases, splits, stats)
+
+
+def _sample_training_values(splits: dict[str, DatasetSplit], per_dataset: int = 16):
+    """(dtype, samples) of up to ``per_dataset`` training images of each dataset, evenly
+    spread over its cases: what ``input_stats`` summarises."""
+    for split in splits.values():
+        cases = split.train[:: max(1, len(split.train) // per_dataset)][:per_dataset]
+        for case in cases:
+            image, _ = read_case_image(case)
+            yield str(image.dtype), sample_values(image, 20_000)

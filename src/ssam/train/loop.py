@@ -191,12 +191,14 @@ class _Run:
 
     @property
     def adapter_extra(self) -> dict:
-        """What prediction needs besides the base: the intensity mapping, when all datasets
+        """What prediction needs besides the base: the training images' value statistics (the
+        predictor warns about inputs unlike them), and the intensity mapping when all datasets
         share one (otherwise the predictor picks one per input by its dtype)."""
+        extra = {"input_stats": self.data.input_stats}
         mappings = {d.intensity.model_dump_json() for d in self.config.datasets}
-        if len(mappings) != 1:
-            return {}
-        return {"intensity": self.config.datasets[0].intensity.model_dump(mode="json")}
+        if len(mappings) == 1:
+            extra["intensity"] = self.config.datasets[0].intensity.model_dump(mode="json")
+        return extra
 
     @property
     def unwrapped(self) -> torch.nn.Module:

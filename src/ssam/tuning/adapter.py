@@ -47,6 +47,7 @@ class AdapterConfigSchema(BaseModel):
     lora_rank: int | None = Field(default=None, ge=1)
     labels: list[str] = []
     intensity: dict | None = None
+    input_stats: dict | None = None
 
 
 def validate_adapter_config(config: object, path: str | Path) -> dict:

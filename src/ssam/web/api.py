@@ -12,8 +12,12 @@ from typing import Literal
 from fastapi import APIRouter, Depends, File, Form, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
+from pydantic import ValidationError
 
+from ssam.config.data import IntensityConfig, IntensityPreset
+from ssam.errors import summarise_validation
 from ssam.inference.overlay import PALETTE
+from ssam.web.errors import Unprocessable
 from ssam.web.reports import segment_payload
 from ssam.web.services import Services, admit_upload, await_job, get_services
 
@@ -23,11 +27,29 @@ LABELS_HELP = (
     "label names: repeat the field or separate names by commas; none given: the labels the "
     "adapter was trained on. Any name is accepted (untrained ones come with a warning)."
 )
+INTENSITY_HELP = (
+    "0-255 mapping for this request: auto (by stored type), rgb, minmax, ct (needs "
+    "window_level and window_width) or mri; none given: the mapping the adapter was trained with"
+)
 FORMAT_HELP = (
     "how the label map and masks come back: 'rle' (run-length JSON, C order), 'png' (2D "
     "only; base64 PNG: label values 1..L, masks 0/255) or 'nifti' (base64 .nii.gz with the "
     "upload's affine; masks 0/1)"
 )
+
+
+def parse_intensity(
+    preset: str | None, level: float | None, width: float | None
+) -> IntensityConfig | None:
+    """A request's intensity fields -> its mapping (None: the adapter's); 422 if invalid."""
+    if preset is None:
+        if level is not None or width is not None:
+            raise Unprocessable("window_level/window_width need intensity=ct")
+        return None
+    try:
+        return IntensityConfig(preset=preset, window_level=level, window_width=width)
+    except ValidationError as err:
+        raise Unprocessable(f"bad intensity: {summarise_validation(err)}") from None
 
 
 @router.get("/healthz", tags=["service"])
@@ -85,6 +107,9 @@ async def segment(
     labels: list[str] | None = Form(None, description=LABELS_HELP),
     mask_format: Literal["rle", "png", "nifti"] = Form("rle", description=FORMAT_HELP),
     include_masks: bool = Form(True, description="also return one mask per label"),
+    intensity: IntensityPreset | None = Form(None, description=INTENSITY_HELP),
+    window_level: float | None = Form(None, description="CT window level (intensity ct)"),
+    window_width: float | None = Form(None, description="CT window width (intensity ct)"),
     services: Services = Depends(get_services),
 ) -> JSONResponse:
     """Segment one image or volume by label name.
@@ -95,7 +120,8 @@ async def segment(
     decode, total), ``label_map`` and ``masks`` (name -> mask) in ``mask_format``.
     """
     start = time.monotonic()
-    job = await admit_upload(services, file, labels, keep=False)
+    mapping = parse_intensity(intensity, window_level, window_width)
+    job = await admit_upload(services, file, labels, keep=False, intensity=mapping)
     timeout = services.settings.request_timeout_s - (time.monotonic() - start)
     output = await await_job(job, timeout)
     timings = dict(output.timings)

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from ssam.config.data import IntensityConfig
+from ssam.data.intensity_check import check_intensity
 from ssam.data.properties import ImageProperties, take_slice
 from ssam.data.transforms import PreprocessInfo
 from ssam.inference.label_maps import (
@@ -52,6 +53,8 @@ class WebSegmentation:
         display: (C, I, J, K) uint8, the 0-255 intensities the model saw (C = 1 or 3).
         properties: geometry of the upload; ``format``: "png", "jpeg", "dicom" or "nifti".
         unknown_labels: asked-for names the model was not trained on.
+        intensity_warnings: what looked wrong about the upload's intensities
+            (``ssam.data.intensity_check``), shown on the page and in the report.
         cache_hits / encoded: slices whose embedding came from the cache / the encoder.
         timings: seconds per phase ("encode", "decode"; the job adds "read").
     """
@@ -67,6 +70,7 @@ class WebSegmentation:
     cache_hits: int
     encoded: int
     timings: dict[str, float]
+    intensity_warnings: tuple[str, ...] = ()
 
     @property
     def is_volume(self) -> bool:
@@ -160,14 +164,16 @@ class SegmentationEngine:
         names: tuple[str, ...],
         progress: Progress | None = None,
         should_stop: Callable[[], bool] | None = None,
+        intensity: IntensityConfig | None = None,
     ) -> WebSegmentation:
         """Segment every slice of ``upload`` for ``names`` (from ``resolve_labels``).
 
         ``progress(done, total)`` follows each batch of slices; when ``should_stop()`` turns
-        true the next batch raises ``JobCancelled``.
+        true the next batch raises ``JobCancelled``. ``intensity``: this request's 0-255
+        mapping instead of the adapter's (e.g. a CT window).
         """
         image, properties = upload.image, upload.properties
-        intensity, value_range = self.predictor.intensity_mapping(image, properties)
+        intensity, value_range = self.predictor.intensity_mapping(image, properties, intensity)
         run = _Run(upload, intensity, value_range, len(names))
         with self._model_lock, torch.inference_mode():
             tokens = self.predictor.model.label_tokens(list(names))
@@ -191,6 +197,11 @@ class SegmentationEngine:
             format=upload.format,
             spacing_known=upload.spacing_known,
             unknown_labels=self.untrained(names),
+            intensity_warnings=tuple(
+                check_intensity(
+                    image, intensity, value_range, "the upload", self.predictor.input_stats
+                )
+            ),
             cache_hits=run.hits,
             encoded=run.encoded,
             timings=run.timings,

@@ -13,7 +13,8 @@ from fastapi import APIRouter, Depends, File, Form, Path, Query, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 
-from ssam.web.api import LABELS_HELP
+from ssam.config.data import IntensityPreset
+from ssam.web.api import INTENSITY_HELP, LABELS_HELP, parse_intensity
 from ssam.web.encoding import display_slice, label_map_file, label_slice, overlay_png, png_bytes
 from ssam.web.errors import RequestError
 from ssam.web.jobs import Job
@@ -58,10 +59,14 @@ def snapshot(job: Job, services: Services) -> dict:
 async def submit_job(
     file: UploadFile = File(..., description="PNG, JPEG, DICOM (.dcm) or NIfTI (.nii/.nii.gz)"),
     labels: list[str] | None = Form(None, description=LABELS_HELP),
+    intensity: IntensityPreset | None = Form(None, description=INTENSITY_HELP),
+    window_level: float | None = Form(None, description="CT window level (intensity ct)"),
+    window_width: float | None = Form(None, description="CT window width (intensity ct)"),
     services: Services = Depends(get_services),
 ) -> dict:
-    """Admit a segmentation job (same limits and errors as ``/v1/segment``)."""
-    job = await admit_upload(services, file, labels, keep=True)
+    """Admit a segmentation job (same limits, fields and errors as ``/v1/segment``)."""
+    mapping = parse_intensity(intensity, window_level, window_width)
+    job = await admit_upload(services, file, labels, keep=True, intensity=mapping)
     return {"id": job.id, "state": job.state, "status_url": f"/v1/jobs/{job.id}"}
 
 

@@ -32,7 +32,8 @@ def busiest_slice(result: WebSegmentation) -> int:
 
 def warnings_of(result: WebSegmentation) -> list[str]:
     """Notes a user should see next to the result."""
-    notes = [
+    notes = list(result.intensity_warnings)
+    notes += [
         f"'{name}' is not a label the model was trained on; its mask rests on the name alone"
         for name in result.unknown_labels
     ]

@@ -11,6 +11,7 @@ from functools import partial
 
 from fastapi import Request
 
+from ssam.config.data import IntensityConfig
 from ssam.web.engine import SegmentationEngine, WebSegmentation
 from ssam.web.errors import JobCancelled, RequestError
 from ssam.web.jobs import Job, JobQueue
@@ -44,7 +45,11 @@ def get_services(request: Request) -> Services:
 
 
 def run_job(
-    engine: SegmentationEngine, staged: StagedUpload, names: tuple[str, ...], job: Job
+    engine: SegmentationEngine,
+    staged: StagedUpload,
+    names: tuple[str, ...],
+    job: Job,
+    intensity: IntensityConfig | None = None,
 ) -> JobOutput:
     """Worker side: decode the staged upload (then delete it), segment, summarise."""
     total = staged.header.shape[2]
@@ -56,23 +61,31 @@ def run_job(
         staged.cleanup()
     read = time.perf_counter() - tic
     job.report(0, total, phase="segmenting")
-    result = engine.segment(upload, names, progress=job.report, should_stop=job.should_stop)
+    result = engine.segment(
+        upload, names, progress=job.report, should_stop=job.should_stop, intensity=intensity
+    )
     job.phase = "summarising"
     timings = {"read": read, **result.timings}
     return JobOutput(result, timings, summarise(result, timings))
 
 
 async def admit_upload(
-    services: Services, source: AsyncReadable, labels: list[str] | None, keep: bool
+    services: Services,
+    source: AsyncReadable,
+    labels: list[str] | None,
+    keep: bool,
+    intensity: IntensityConfig | None = None,
 ) -> Job:
-    """Check the labels, stage the upload and admit its job (422/413/415/429 on refusal)."""
+    """Check the labels, stage the upload and admit its job (422/413/415/429 on refusal);
+    ``intensity``: the request's own 0-255 mapping (None: the adapter's)."""
     settings = services.settings
     names, _ = services.engine.resolve_labels(
         labels or [], settings.max_labels, settings.max_label_chars
     )
     staged = await stage_upload(source, settings)
     try:
-        job = services.jobs.submit(partial(run_job, services.engine, staged, names), keep=keep)
+        work = partial(run_job, services.engine, staged, names, intensity=intensity)
+        job = services.jobs.submit(work, keep=keep)
     except BaseException:
         staged.cleanup()
         raise

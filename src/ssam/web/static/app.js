@@ -135,6 +135,27 @@ function updateRunButton() {
   $("run-hint").hidden = Boolean(ready) || Boolean(state.timer);
 }
 
+// ----- intensity mapping: as trained, a preset, or a CT window ----------------------------
+
+function appendIntensity(form) {
+  const preset = $("intensity").value;
+  if (!preset) return;
+  form.append("intensity", preset);
+  if (preset === "ct") {
+    form.append("window_level", $("window-level").value);
+    form.append("window_width", $("window-width").value);
+  }
+}
+
+$("intensity").addEventListener("change", () => {
+  $("ct-window").hidden = $("intensity").value !== "ct";
+});
+$("ct-preset").addEventListener("change", () => {
+  const [level, width] = $("ct-preset").value.split(",");
+  $("window-level").value = level;
+  $("window-width").value = width;
+});
+
 // ----- running a job --------------------------------------------------------------------
 
 async function runSegmentation() {
@@ -142,6 +163,7 @@ async function runSegmentation() {
   const form = new FormData();
   form.append("file", state.file);
   for (const name of state.selected) form.append("labels", name);
+  appendIntensity(form);
   startProgress();
   try {
     const response = await fetch("/v1/jobs", { method: "POST", body: form });
