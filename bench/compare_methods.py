@@ -120,6 +120,8 @@ def run_method(config: TrainConfig) -> dict:
     seconds = time.perf_counter() - start
     epochs = [r for r in read_log(result.run_dir / "metrics.jsonl") if r["kind"] == "epoch"]
     curve = [(r["step"], r["val_dice"]) for r in epochs if r.get("val_dice") is not None]
+    trained = [r["val_dice"] for r in epochs if r["epoch"] >= 0 and r.get("val_dice") is not None]
+    untrained = [r["val_dice"] for r in epochs if r["epoch"] < 0]
     report = compute_parameter_report(config.model)
     best = result.best_adapter
     return {
@@ -127,7 +129,8 @@ def run_method(config: TrainConfig) -> dict:
         "share_percent": report["share_percent"],
         "val_dice_curve": curve,
         "val_dice_final": curve[-1][1] if curve else None,
-        "val_dice_best": max(d for _, d in curve) if curve else None,
+        "val_dice_best": max(trained) if trained else None,
+        "val_dice_untrained": untrained[0] if untrained else None,
         "n_val": epochs[-1].get("val_n") if epochs else None,
         "train_seconds": seconds,
         "adapter_bytes": best.stat().st_size if best else result.last_adapter.stat().st_size,

@@ -60,7 +60,9 @@ def test_compare_methods_quick(bench_modules, tmp_path, shared_data):
     results = json.loads(out.read_text())
     assert list(results["methods"]) == ["ssam", "decoder"]
     for r in results["methods"].values():
-        assert 0.0 <= r["val_dice_final"] <= 1.0 and len(r["val_dice_curve"]) == 2
+        assert 0.0 <= r["val_dice_final"] <= 1.0 and len(r["val_dice_curve"]) == 3
+        assert r["val_dice_curve"][0][0] == 0  # the untrained model, before the first step
+        assert r["val_dice_untrained"] == r["val_dice_curve"][0][1]
         assert r["trainable"] > 0 and r["adapter_bytes"] > 0
     assert results["methods"]["ssam"]["trainable"] < results["methods"]["decoder"]["trainable"]
     assert out.with_suffix(".png").stat().st_size > 0

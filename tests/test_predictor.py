@@ -141,7 +141,7 @@ def test_alpha_constant_is_dropped_varying_is_refused(predictor, tmp_path):
 
 
 def test_label_lists(predictor):
-    image = np.zeros((16, 16), dtype=np.uint8)
+    image = np.arange(256, dtype=np.uint8).reshape(16, 16)  # not constant: that is refused
     with pytest.raises(ConfigError, match="empty"):
         predictor.segment(image, [])
     with pytest.raises(ConfigError, match="listed twice"):

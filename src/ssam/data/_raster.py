@@ -134,7 +134,8 @@ def read_raster_header(path: Path) -> ImageProperties:
         with reading(path, "TIFF header"), tifffile.TiffFile(path) as tif:
             series = tif.series[0]
             shape, axes, dtype = series.shape, series.axes, str(series.dtype)
-        yxs = _tiff_to_yxs(np.empty(shape, dtype=np.uint8), axes, path)
+        # a zero-strided stand-in of the declared shape: nothing is allocated
+        yxs = _tiff_to_yxs(np.broadcast_to(np.uint8(0), shape), axes, path)
         channels = yxs.shape[2] if yxs.ndim == 3 else 1
         channels -= 1 if channels in (2, 4) else 0
         return _raster_properties(path, yxs.shape[0], yxs.shape[1], channels, dtype)

@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
+from ssam.data.intensity_check import check_values_usable
 from ssam.data.io import binarize_mask, file_suffix, read_header, read_image, read_mask
 from ssam.data.properties import ImageProperties
 from ssam.errors import DataError
@@ -66,6 +67,9 @@ def read_case_image(case: Case) -> tuple[np.ndarray, ImageProperties]:
             raise DataError(f"{path}: shape {props.shape} differs from {first.path} {first.shape}")
         first = first or props
         arrays.append(array)
+    for array, path in zip(arrays, case.image_paths, strict=True):
+        for note in check_values_usable(array, str(path)):
+            warnings.warn(note, stacklevel=2)  # once per file: the message names it
     if len(arrays) == 1:
         return arrays[0], first  # type: ignore[return-value]
     kinds = {a.dtype for a in arrays}
@@ -128,8 +132,9 @@ def _check_geometry(image: ImageProperties, mask: ImageProperties) -> None:
         raise DataError(f"{mask.path}: affine differs from image {image.path}")
 
 
-def check_case(case: Case, check_values: bool = True) -> None:
-    """Raise DataError naming the file if a case cannot be used for training.
+def check_case(case: Case, check_values: bool = True) -> set[int] | None:
+    """Raise DataError naming the file if a case cannot be used for training; returns the
+    label values its mask holds (binary masks: {1} or nothing), None when not read.
 
     Checks: every file readable (2D decoded, volumes by header), channels of one shape and
     at most 3 in all, mask shape (and volume affine) equal to the image's, and, with
@@ -147,20 +152,30 @@ def check_case(case: Case, check_values: bool = True) -> None:
             f"{case.image_paths[0]}: case '{case.case_id}' has {channels} channels; SAM takes up to 3"
         )
     if case.label_path is None:
-        return
+        return None
     if check_values:
         labels, mask_props = read_mask(case.label_path)
     else:
         labels, mask_props = None, read_header(case.label_path)
     _check_geometry(props[0], mask_props)
-    if labels is not None:
-        _check_values(labels, case)
+    if labels is None:
+        return None
+    _check_values(labels, case)
+    if case.binary:
+        return {1} if labels.any() else set()
+    return {int(v) for v in present_values(labels)}
 
 
 def validate_cases(
-    cases: Sequence[Case], *, skip_bad: bool = False, check_values: bool = True
+    cases: Sequence[Case],
+    *,
+    skip_bad: bool = False,
+    check_values: bool = True,
+    require_labels: bool = True,
 ) -> list[Case]:
-    """Check every case (see `check_case`); return the good ones in order.
+    """Check every case (see `check_case`); return the good ones in order. With
+    ``require_labels`` (training cases), every label to train on must appear in some mask
+    (`drop_absent_labels`); a test set may lack one.
 
     Raises:
         DataError: an empty dataset, the first bad case (unless skip_bad: then a warning
@@ -168,14 +183,39 @@ def validate_cases(
     """
     if not cases:
         raise DataError("empty dataset: no cases to validate")
-    good = []
+    good, seen, read_all = [], set(), check_values
     for case in cases:
         try:
-            check_case(case, check_values=check_values)
+            present = check_case(case, check_values=check_values)
         except DataError as exc:
             report_bad_case(f"case '{case.case_id}' of '{case.dataset}': {exc}", skip_bad)
             continue
         good.append(case)
+        read_all = read_all and present is not None
+        seen |= present or set()
     if not good:
         raise DataError(f"dataset '{cases[0].dataset}': all {len(cases)} cases are bad")
-    return good
+    if not (require_labels and read_all):
+        return good
+    return drop_absent_labels(good, seen, skip_bad)
+
+
+def drop_absent_labels(cases: list[Case], seen: set[int], skip_bad: bool) -> list[Case]:
+    """Labels to train on that no mask of the dataset contains: a DataError naming them (a
+    model would learn, and its adapter list, a label it never saw), or with ``skip_bad`` a
+    warning and the cases without them."""
+    declared = {name: value for case in cases for name, value in case.labels.items()}
+    absent = sorted(name for name, value in declared.items() if value not in seen)
+    if not absent:
+        return cases
+    message = (
+        f"dataset '{cases[0].dataset}': label(s) {absent} (values "
+        f"{[declared[n] for n in absent]}) appear in no mask of its {len(cases)} cases"
+    )
+    if len(absent) == len(declared) or not skip_bad:
+        raise DataError(message + "; remove them from the labels to train on (labels: [...])")
+    report_bad_case(message + "; left out", skip_bad=True)
+    return [
+        replace(case, labels={n: v for n, v in case.labels.items() if n not in absent})
+        for case in cases
+    ]

@@ -19,6 +19,7 @@ import numpy as np
 
 from ssam.config.data import IntensityConfig
 from ssam.data.transforms import scale_intensity
+from ssam.errors import DataError
 
 PERCENTILES = (0.5, 50.0, 99.5)
 _MAX_SAMPLES = 200_000
@@ -117,3 +118,20 @@ def _compare_with_training(
         f"{_span(t_low, t_high)}) under an absolute mapping: masks may be empty or wrong; "
         "give the input in the training data's units or choose a matching --intensity"
     ]
+
+
+def check_values_usable(image: np.ndarray, name: str) -> list[str]:
+    """DataError naming ``name`` when (C, ...) ``image`` holds no finite value or one value
+    only (an all-NaN or constant image segments as noise); a warning for some NaNs (the
+    mappings turn them into 0, the darkest value)."""
+    finite = np.isfinite(image) if image.dtype.kind == "f" else None
+    if finite is not None and not finite.any():
+        raise DataError(f"{name}: every value is NaN or infinite: nothing to segment")
+    values = image[finite] if finite is not None else image
+    low, high = values.min(), values.max()
+    if low == high:
+        raise DataError(f"{name}: every value is {low}: a constant image has nothing to segment")
+    if finite is None or finite.all():
+        return []
+    bad = int(finite.size - np.count_nonzero(finite))
+    return [f"{name}: {bad:,} of {finite.size:,} values are NaN or infinite; they are mapped to 0"]

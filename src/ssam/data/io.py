@@ -20,6 +20,7 @@ a 4D volume or a varying alpha channel is a DataError naming the file.
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -56,6 +57,8 @@ __all__ = [
     "write_label_map",
 ]
 
+MAX_VALUES_ENV = "SSAM_MAX_VOXELS"
+DEFAULT_MAX_VALUES = 2**30
 SUPPORTED_SUFFIXES = PIL_SUFFIXES + TIFF_SUFFIXES + DICOM_SUFFIXES + NIFTI_SUFFIXES
 
 
@@ -94,6 +97,8 @@ def read_image(path: Path | str) -> tuple[np.ndarray, ImageProperties]:
     """
     path = Path(path)
     kind = _format_of(path)
+    if kind in ("raster", "nifti"):  # sizes from the header, before allocating anything
+        check_image_size(read_header(path))
     if kind == "raster":
         return read_raster(path)
     if kind == "dicom":
@@ -101,6 +106,29 @@ def read_image(path: Path | str) -> tuple[np.ndarray, ImageProperties]:
     if kind == "nifti":
         return read_nifti(path)
     return read_dicom_series(path)
+
+
+def max_image_values() -> int:
+    """The most values (voxels x channels) one image may hold: ``SSAM_MAX_VOXELS``, else 2**30
+    (a 1024 x 1024 x 1024 volume; 4 GiB as float32)."""
+    raw = os.environ.get(MAX_VALUES_ENV, "")
+    try:
+        return int(float(raw)) if raw else DEFAULT_MAX_VALUES
+    except ValueError:
+        raise DataError(f"{MAX_VALUES_ENV}={raw!r} is not a number") from None
+
+
+def check_image_size(properties: ImageProperties) -> None:
+    """A DataError naming the file when its header declares more values than allowed (a
+    decompression bomb, or a file too large for this machine)."""
+    values = int(np.prod(properties.shape, dtype=np.int64)) * max(properties.n_channels, 1)
+    limit = max_image_values()
+    if values > limit:
+        shape = " x ".join(str(s) for s in properties.shape)
+        raise DataError(
+            f"{properties.path}: the header declares {shape} x {properties.n_channels} channel(s) "
+            f"= {values:,} values, over the limit of {limit:,}; set {MAX_VALUES_ENV} to raise it"
+        )
 
 
 def read_header(path: Path | str) -> ImageProperties:
@@ -132,6 +160,8 @@ def read_mask(path: Path | str) -> tuple[np.ndarray, ImageProperties]:
     """
     path = Path(path)
     kind = _format_of(path)
+    if kind == "raster":
+        check_image_size(read_header(path))
     image, props = read_raster(path, as_mask=True) if kind == "raster" else read_image(path)
     if any(not np.array_equal(image[0], image[c]) for c in range(1, image.shape[0])):
         raise DataError(

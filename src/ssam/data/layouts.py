@@ -289,4 +289,9 @@ def load_cases(
         )
     if not cases:
         return []
-    return validate_cases(cases, skip_bad=config.skip_bad, check_values=check_values)
+    return validate_cases(
+        cases,
+        skip_bad=config.skip_bad,
+        check_values=check_values,
+        require_labels=subset == "train",
+    )

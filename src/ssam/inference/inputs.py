@@ -98,38 +98,50 @@ def case_id_for(path: Path) -> str:
     return path.name[: len(path.name) - len(suffix)] if suffix else path.name
 
 
-def is_dicom_series_folder(folder: Path) -> bool:
-    """A folder of at least two DICOM files (``.dcm``, ``.dicom`` or no suffix) whose readable
-    headers name one SeriesInstanceUID (separate 2D DICOM images have one series each). An
-    unreadable file does not change the decision: reading the series then names it."""
+def dicom_series_counts(folder: Path) -> dict[str, int] | None:
+    """Files per SeriesInstanceUID of a folder of at least two DICOM files (``.dcm``,
+    ``.dicom`` or no suffix; unreadable ones skipped: reading the series then names them), or
+    None for any other folder."""
     files = [
         p
         for p in sorted(folder.iterdir())
         if p.is_file() and not p.name.startswith(".") and p.name.upper() != "DICOMDIR"
     ]
     if len(files) < 2 or any(file_suffix(p) not in (*DICOM_SUFFIXES, "") for p in files):
-        return False
-    uids = set()
+        return None
+    counts: dict[str, int] = {}
     for path in files:
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SeriesInstanceUID"])
         except _DICOM_READ_ERRORS:
             continue
-        uids.add(str(ds.get("SeriesInstanceUID", "")))
-    return len(uids) == 1
+        uid = str(ds.get("SeriesInstanceUID", ""))
+        counts[uid] = counts.get(uid, 0) + 1
+    return counts or None
 
 
-def _cases_in_folder(folder: Path) -> list[Path]:
-    """Supported image files directly in ``folder`` and DICOM series subfolders."""
+def is_dicom_series_folder(folder: Path) -> bool:
+    """A DICOM folder read as one case: one series, or several series of which one has two
+    or more files (a mixed folder: reading it fails, naming the series, never silently).
+    A folder of separate 2D DICOM images (one series each) is not: each file is a case."""
+    counts = dicom_series_counts(folder)
+    return counts is not None and (len(counts) == 1 or max(counts.values()) > 1)
+
+
+def _cases_in_folder(folder: Path, top: bool = True) -> list[Path]:
+    """Supported image files directly in ``folder``, and of its subfolders those holding
+    DICOM: a series (or a mixed folder, which then fails naming its series) as one case,
+    separate DICOM images file by file. Other subfolders are not searched."""
     if is_dicom_series_folder(folder):
         return [folder]
     found = []
     for path in sorted(folder.iterdir()):
         if path.name.startswith("."):
             continue
-        is_image = path.is_file() and file_suffix(path) in SUPPORTED_SUFFIXES
-        if is_image or (path.is_dir() and is_dicom_series_folder(path)):
+        if path.is_file() and file_suffix(path) in SUPPORTED_SUFFIXES:
             found.append(path)
+        elif top and path.is_dir() and dicom_series_counts(path) is not None:
+            found += _cases_in_folder(path, top=False)
     return found
 
 

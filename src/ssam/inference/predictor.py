@@ -27,7 +27,7 @@ import torch
 from pydantic import ValidationError
 
 from ssam.config.data import IntensityConfig
-from ssam.data.intensity_check import check_intensity
+from ssam.data.intensity_check import check_intensity, check_values_usable
 from ssam.data.io import read_image, take_slice
 from ssam.data.properties import ImageProperties, normalize_axis
 from ssam.data.transforms import (
@@ -340,9 +340,10 @@ class SSAMPredictor:
                 f"got shape {image.shape}"
             )
         axis = 2 if properties.is_2d else normalize_axis(axis)
-        intensity, value_range = self.intensity_mapping(image, properties)
         name = str(properties.path or "the input")
-        found = check_intensity(image, intensity, value_range, name, self.input_stats)
+        found = check_values_usable(image, name)
+        intensity, value_range = self.intensity_mapping(image, properties)
+        found += check_intensity(image, intensity, value_range, name, self.input_stats)
         probabilities = self._predict_volume(image, (intensity, value_range), names, axis, progress)
         if properties.is_2d:
             probabilities = probabilities[..., 0]

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from ssam.config.data import IntensityConfig
-from ssam.data.intensity_check import check_intensity
+from ssam.data.intensity_check import check_intensity, check_values_usable
 from ssam.data.properties import ImageProperties, take_slice
 from ssam.data.transforms import PreprocessInfo
 from ssam.inference.label_maps import (
@@ -173,6 +173,7 @@ class SegmentationEngine:
         mapping instead of the adapter's (e.g. a CT window).
         """
         image, properties = upload.image, upload.properties
+        notes = check_values_usable(image, "the upload")
         intensity, value_range = self.predictor.intensity_mapping(image, properties, intensity)
         run = _Run(upload, intensity, value_range, len(names))
         with self._model_lock, torch.inference_mode():
@@ -198,7 +199,8 @@ class SegmentationEngine:
             spacing_known=upload.spacing_known,
             unknown_labels=self.untrained(names),
             intensity_warnings=tuple(
-                check_intensity(
+                notes
+                + check_intensity(
                     image, intensity, value_range, "the upload", self.predictor.input_stats
                 )
             ),
