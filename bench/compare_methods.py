@@ -110,6 +110,7 @@ def train_config(args, method: str, data: Path, checkpoint: Path, out: Path) -> 
         device="cpu",
         tensorboard=False,
         progress=False,
+        threads=torch.get_num_threads(),  # the count this benchmark set
     )
 
 

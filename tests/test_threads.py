@@ -40,6 +40,34 @@ def test_a_busy_process_is_seen_and_auto_backs_off():
 def test_apply_sets_torchs_count():
     before = torch.get_num_threads()
     try:
-        assert apply_threads(1) == 1 and torch.get_num_threads() == 1
+        assert apply_threads(1) == (1, "torch threads: 1 (as asked)")
+        assert torch.get_num_threads() == 1
+        count, line = apply_threads("auto")
+        assert torch.get_num_threads() == count and "auto:" in line
     finally:
         torch.set_num_threads(before)
+
+
+def _ssam(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "ssam", *map(str, args)], capture_output=True, text=True, timeout=300
+    )
+
+
+def test_the_commands_take_threads(adapter, tiny_checkpoint, tmp_path, kvasir_pair):
+    from PIL import Image
+
+    image = tmp_path / "polyp.png"
+    Image.fromarray(kvasir_pair[0]).save(image)
+    common = ["--adapter", adapter, "--sam-checkpoint", tiny_checkpoint, "--offline"]
+    done = _ssam("predict", image, "-o", tmp_path / "out", *common, "--threads", "1")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "torch threads: 1 (as asked)" in done.stderr
+    auto = _ssam("predict", image, "-o", tmp_path / "out2", *common)
+    assert auto.returncode == 0 and "torch threads: " in auto.stderr and "(auto: " in auto.stderr
+    for bad in ("0", "many"):
+        refused = _ssam("predict", image, "-o", tmp_path / "out3", *common, "--threads", bad)
+        assert refused.returncode == 2 and "Traceback" not in refused.stderr
+        assert "--threads takes a number of at least 1 or 'auto'" in refused.stderr
+    config = _ssam("train", "--data", tmp_path, "--label", "x", "--set", "threads=0")
+    assert config.returncode == 2 and "threads must be at least 1" in config.stderr

@@ -32,6 +32,7 @@ TINY = [
     "model.allow_download=false",
     "progress=false",
     "tensorboard=false",
+    "threads=1",  # auto could pick another count per process, and float sums would differ
 ]
 
 

@@ -63,10 +63,17 @@ def choose_threads(requested: int | str | None, busy: float | None = None) -> in
     return max(1, min(available_cpus(), free))
 
 
-def apply_threads(requested: int | str | None) -> int:
-    """Set torch's intra-op thread count as ``choose_threads`` says; returns the count."""
+def apply_threads(requested: int | str | None) -> tuple[int, str]:
+    """Set torch's intra-op thread count as ``choose_threads`` says; returns the count and a
+    line saying why, e.g. ``torch threads: 1 (auto: 2 CPUs, 1.0 busy at start)``."""
     import torch
 
-    count = choose_threads(requested)
+    if requested in (None, AUTO):
+        busy = measure_busy_cpus()
+        count = choose_threads(AUTO, busy)
+        seen = f"{busy:.1f} busy" if busy is not None else "load unknown"
+        why = f"auto: {available_cpus()} CPUs, {seen} at start"
+    else:
+        count, why = choose_threads(requested), "as asked"
     torch.set_num_threads(count)
-    return count
+    return count, f"torch threads: {count} ({why})"

@@ -61,6 +61,29 @@ def _sets_lr(config: Path | None, overrides: list[str]) -> bool:
     return isinstance(tree, dict) and "lr" in (tree.get("optim") or {})
 
 
+def parse_threads(value: str | None) -> int | str | None:
+    """``--threads`` -> a positive int, "auto", or None (not given); ConfigError otherwise."""
+    if value is None or value == "auto":
+        return value
+    try:
+        count = int(value)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise ConfigError(f"--threads takes a number of at least 1 or 'auto', not {value!r}")
+    return count
+
+
+def use_threads(value: str | int | None) -> None:
+    """Apply ``--threads`` (None: auto) to torch and say what was chosen, on stderr."""
+    import sys
+
+    from ssam.threads import apply_threads
+
+    requested = parse_threads(value) if isinstance(value, str) else value
+    print(apply_threads(requested)[1], file=sys.stderr)
+
+
 def build_intensity(
     preset: str, level: float | None, width: float | None
 ) -> IntensityConfig | None:

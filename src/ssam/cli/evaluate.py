@@ -21,16 +21,18 @@ def evaluate_entry(
     clip_checkpoint: Path | None = typer.Option(None, help="CLIP weights"),
     base: Path | None = typer.Option(None, help="a finished `ssam demo` run as the base model"),
     batch_size: int = typer.Option(8, help="slices per encoder call"),
+    threads: str | None = typer.Option(None, help="torch CPU threads: a number, or auto"),
     set_: list[str] = typer.Option([], "--set", help="override any setting: key=value"),
 ) -> None:
     """Score an adapter at the original resolution (volumes as volumes, HD95 in mm)."""
-    from ssam.cli.common import build_config
+    from ssam.cli.common import build_config, use_threads
     from ssam.evaluation.evaluate import SPLITS, UNTRAINED, evaluate
     from ssam.evaluation.metrics import EMPTY_GT_POLICY
 
     if split not in SPLITS:
         raise typer.BadParameter(f"split must be one of {', '.join(SPLITS)}, not {split!r}")
     cfg = build_config(config, data, label, set_, sam_checkpoint, clip_checkpoint, base)
+    use_threads(threads if threads is not None else cfg.threads)
     if adapter is None:
         typer.echo(f"no --adapter: scoring the {UNTRAINED}, a baseline", err=True)
     result = evaluate(cfg, adapter, split, output_dir, batch_size)  # type: ignore[arg-type]

@@ -83,16 +83,18 @@ def predict_entry(
     device: str = typer.Option("cpu", help="torch device"),
     offline: bool = typer.Option(False, help="never download weights"),
     progress: bool = typer.Option(True, help="show progress bars"),
+    threads: str = typer.Option("auto", help="torch CPU threads: a number, or auto"),
 ) -> None:
     """Segment each case by label name; write label maps, overlays and sizes (JSON).
 
     Exits with status 1 when any case failed (the summary names each with its reason).
     """
-    from ssam.cli.common import load_option_predictor
+    from ssam.cli.common import load_option_predictor, use_threads
     from ssam.inference.files import CaseOutcome, PredictOptions, predict_cases
     from ssam.inference.inputs import discover_cases
 
     labels = parse_labels(label)
+    use_threads(threads)
     predictor = load_option_predictor(
         adapter,
         merged,

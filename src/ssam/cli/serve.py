@@ -80,9 +80,10 @@ def serve_entry(
     ),
     offline: bool = typer.Option(False, help="never download weights"),
     log_level: str = typer.Option("info", help="uvicorn log level"),
+    threads: str = typer.Option("auto", help="torch CPU threads: a number, or auto"),
 ) -> None:
     """Serve the web page and HTTP API: segment uploads by label name in a browser."""
-    from ssam.cli.common import load_option_predictor
+    from ssam.cli.common import load_option_predictor, use_threads
     from ssam.web.app import create_app
     from ssam.web.server import build_server
 
@@ -110,6 +111,7 @@ def serve_entry(
     warn_if_exposed(host, console)
     if adapter is None and merged is None:
         raise ConfigError("give --adapter (with --sam-checkpoint) or --merged")
+    use_threads(threads)
     predictor = load_option_predictor(
         adapter, merged, sam_checkpoint, clip_checkpoint, device, offline, intensity, batch_size
     )

@@ -23,10 +23,11 @@ def train_entry(
         None, help="a finished `ssam demo` run: train on its small SAM (offline; sets model and lr)"
     ),
     resume: bool = typer.Option(False, help="continue the run saved in the output folder"),
+    threads: str | None = typer.Option(None, help="torch CPU threads: a number, or auto"),
     set_: list[str] = typer.Option([], "--set", help="override any setting: key=value"),
 ) -> None:
     """Train S-SAM on your data; writes adapters, logs and a resumable state."""
-    from ssam.cli.common import build_config
+    from ssam.cli.common import build_config, parse_threads
     from ssam.train import train
 
     cfg = build_config(
@@ -41,6 +42,7 @@ def train_entry(
         epochs=epochs,
         max_steps=max_steps,
         batch_size=batch_size,
+        threads=parse_threads(threads),
     )
     result = train(cfg, resume=resume)
     if int(os.environ.get("RANK", "0")) != 0:

@@ -60,12 +60,21 @@ class TrainConfig(BaseModel):
     )
     seed: int = 0
     num_workers: int = Field(0, ge=0)
+    threads: int | Literal["auto"] = Field(
+        "auto", description="torch CPU threads; auto: the CPUs not busy at start"
+    )
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     loss: LossConfig = LossConfig()
     optim: OptimConfig = OptimConfig()
     tensorboard: bool = True
     progress: bool = True
+
+    @model_validator(mode="after")
+    def _positive_threads(self) -> TrainConfig:
+        if isinstance(self.threads, int) and self.threads < 1:
+            raise ValueError(f"threads must be at least 1 or 'auto', got {self.threads}")
+        return self
 
     @model_validator(mode="after")
     def _unique_dataset_names(self) -> TrainConfig:

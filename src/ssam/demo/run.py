@@ -295,6 +295,7 @@ def _run_demo(
         model=base.model, datasets=[dataset], output_dir=out / "train", epochs=plan.epochs,
         batch_size=plan.batch_size, seed=options.seed, tensorboard=True,
         optim=OptimConfig(lr=plan.lr, step_size=max(1, plan.epochs * 3 // 4), gamma=0.2),
+        threads=torch.get_num_threads(),  # the count run_demo chose
     )  # fmt: skip
     split = "test" if options.data is None else "val"
     say("stage 2a: scoring the untrained S-SAM model on the held-out cases")

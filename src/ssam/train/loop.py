@@ -32,6 +32,7 @@ from ssam.config.train import TrainConfig, dump_train_config
 from ssam.errors import ConfigError
 from ssam.evaluation.report import write_text_atomic
 from ssam.factory import create_model
+from ssam.threads import apply_threads
 from ssam.train.batches import compute_epoch_order, group_for_accumulation, split_batches
 from ssam.train.data import TrainingData, build_training_data
 from ssam.train.log import RunLogger
@@ -51,6 +52,7 @@ _RESUMABLE_CHANGES = {
     "num_workers",
     "tensorboard",
     "val_at_start",
+    "threads",
 }
 
 
@@ -363,6 +365,16 @@ class _Run:
 
 def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     """Train an adapter as ``config`` says (continuing a saved run when ``resume``)."""
+    before = torch.get_num_threads()
+    _, line = apply_threads(config.threads)
+    print(line, file=sys.stderr)
+    try:
+        return _train(config, resume)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _train(config: TrainConfig, resume: bool) -> TrainResult:
     run = _Run(config, resume)
     try:
         if not run.resumed:
