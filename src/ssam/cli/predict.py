@@ -94,6 +94,11 @@ def predict_entry(
     from ssam.inference.inputs import discover_cases
 
     labels = parse_labels(label)
+    cases, problems = discover_cases(inputs)  # before the model: a typo fails in a second
+    outcomes = [CaseOutcome(Path(p).name, p, "failed", reason) for p, reason in problems]
+    if not cases:
+        print_summary(outcomes, Console())
+        raise typer.Exit(code=1)
     use_threads(threads)
     predictor = load_option_predictor(
         adapter,
@@ -106,7 +111,6 @@ def predict_entry(
         batch_size,
         (window_level, window_width),
     )
-    cases, problems = discover_cases(inputs)
     options = PredictOptions(
         output_dir=output,
         labels=labels,
@@ -117,7 +121,6 @@ def predict_entry(
         overlay_slices=overlay_slices,
         overwrite=overwrite,
     )
-    outcomes = [CaseOutcome(Path(p).name, p, "failed", reason) for p, reason in problems]
     outcomes += predict_cases(predictor, cases, options, show_progress=progress)
     print_summary(outcomes, Console())
     if any(o.status == "failed" for o in outcomes):
