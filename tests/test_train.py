@@ -12,8 +12,10 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file
 
 from ssam.config.train import load_train_config
@@ -72,7 +74,7 @@ def kvasir_small(shared_data, tmp_path_factory):
     return link_subset(shared_data / "kvasir-seg", tmp_path_factory.mktemp("kv") / "kvasir", 12)
 
 
-def test_train_folder_layout_writes_run_folder(tmp_path, tiny_checkpoint, kvasir_small):
+def test_train_folder_layout_writes_run_folder(tmp_path, tiny_checkpoint, kvasir_small, capfd):
     config = _config(
         tmp_path,
         tiny_checkpoint,
@@ -94,10 +96,15 @@ def test_train_folder_layout_writes_run_folder(tmp_path, tiny_checkpoint, kvasir
     records = read_log(run / "metrics.jsonl")
     epochs = [r for r in records if r["kind"] == "epoch"]
     assert [r["epoch"] for r in epochs] == [-1, 0, 1]  # -1: the untrained model, at step 0
+    with Image.open(run / "learning_curve.png") as curve:
+        assert curve.size[0] >= 1000 and len(np.unique(np.asarray(curve.convert("L")))) > 10
     assert epochs[0]["step"] == 0 and epochs[0]["train_loss"] is None
     assert all(0.0 <= r["val_dice"] <= 1.0 for r in epochs)
     steps = [r for r in records if r["kind"] == "train"]
     assert steps[-1]["step"] == result.progress.step == 2 * 3  # 10 train cases / batch 4
+    printed = capfd.readouterr().err
+    assert "validation before training: Dice" in printed
+    assert "epoch 2/2: loss " in printed and ", val Dice " in printed and "(best " in printed
     assert result.labels == ["polyp"]
     with pytest.raises(ConfigError, match="already holds a training run"):
         train(config)

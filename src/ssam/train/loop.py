@@ -35,8 +35,9 @@ from ssam.factory import create_model
 from ssam.threads import apply_threads
 from ssam.train.batches import compute_epoch_order, group_for_accumulation, split_batches
 from ssam.train.data import TrainingData, build_training_data
-from ssam.train.log import RunLogger
+from ssam.train.log import RunLogger, read_log
 from ssam.train.losses import segmentation_loss
+from ssam.train.plots import plot_run_curves
 from ssam.train.state import STATE_FILE, Progress, load_training_state, save_training_state
 from ssam.train.validate import compute_batch_dice, score_samples, summarise_scores
 from ssam.tuning.adapter import adapter_state_dict, save_adapter
@@ -361,6 +362,16 @@ class _Run:
         self.logger.log("epoch", self.progress.step, **record)
         self.save_adapter("last.safetensors")
         self.save_state()
+        if self.main and complete:
+            print(self.epoch_line(epoch, record), file=sys.stderr)
+
+    def epoch_line(self, epoch: int, record: dict) -> str:
+        """``epoch 3/20: loss 0.4120, val Dice 0.7310 (best 0.7310, epoch 3)``."""
+        line = f"epoch {epoch + 1}/{self.config.epochs}: loss {record['train_loss']:.4f}"
+        if "val_dice" in record:
+            best, when = self.progress.best_score, self.progress.best_epoch
+            line += f", val Dice {record['val_dice']:.4f} (best {best:.4f}, epoch {when + 1})"
+        return line
 
 
 def train(config: TrainConfig, resume: bool = False) -> TrainResult:
@@ -391,6 +402,8 @@ def _train(config: TrainConfig, resume: bool) -> TrainResult:
         run.accelerator.wait_for_everyone()
     finally:
         run.logger.close()
+    if run.main and (run.run_dir / "metrics.jsonl").is_file():
+        plot_run_curves(read_log(run.run_dir / "metrics.jsonl"), run.run_dir / "learning_curve.png")
     best = run.run_dir / "best.safetensors"
     return TrainResult(
         run.run_dir,
