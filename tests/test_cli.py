@@ -93,6 +93,8 @@ def test_checkpoint_flags_are_stored_as_absolute_paths(tmp_path, monkeypatch, sh
 
     monkeypatch.chdir(tmp_path)
     data = shared_data / "kvasir-seg"
-    config = build_config(None, data, "polyp", [], Path("sam.pth"), Path("clip.pt"))
+    for name in ("sam.pth", "clip.pt"):
+        (tmp_path / name).write_bytes(b"")  # given files must exist (checked before anything)
+    config = build_config(None, data, ("polyp",), [], Path("sam.pth"), Path("clip.pt"))
     assert config.model.sam_checkpoint == tmp_path / "sam.pth"
     assert config.model.clip_checkpoint == tmp_path / "clip.pt"

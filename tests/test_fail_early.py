@@ -13,7 +13,7 @@ def test_predict_on_a_missing_file_fails_before_loading_the_model(tmp_path):
          str(tmp_path / "out"), "--adapter", str(missing_adapter), "--offline"],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
-    assert done.returncode == 1 and "Traceback" not in done.stderr
-    assert "scan.nii.gz" in done.stdout and "no such file or folder" in done.stdout
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "scan.nii.gz" in done.stderr and "no such file or folder" in done.stderr
     assert "never-read" not in done.stdout + done.stderr
     assert "torch threads" not in done.stderr  # nothing past the input check ran

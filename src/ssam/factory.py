@@ -83,7 +83,12 @@ def build_text_tower(config: ModelConfig) -> tuple[torch.nn.Module, str | None]:
             torch.manual_seed(TINY_TEXT_SEED)  # a random tower must be the same in every run
             return build_text_encoder(spec.name, None), None
     path = resolve_weights(
-        config.clip_checkpoint, spec.weights, "CLIP weights", config.allow_download
+        config.clip_checkpoint,
+        spec.weights,
+        "CLIP weights",
+        config.allow_download,
+        flag="--clip-checkpoint (or, for tests and demos only, `--set model.text_encoder=tiny`: "
+        "a random toy text tower)",
     )
     return build_text_encoder(spec.name, path), file_sha256(path)
 
@@ -103,6 +108,7 @@ def create_model(
         spec.weights,
         f"SAM {spec.name} checkpoint",
         config.allow_download,
+        flag="--sam-checkpoint",
     )
     sam = build_empty_sam(spec, config.image_size)
     load_sam_weights(sam, path, spec)

@@ -11,7 +11,9 @@ import contextlib
 import hashlib
 import json
 import os
+import socket
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +22,7 @@ from ssam.atomic import atomic_path, write_bytes_atomic
 from ssam.errors import CheckpointError, DownloadError
 
 _CHUNK = 1 << 20
+CONNECT_TIMEOUT_S = 10.0  # no network: fail in seconds, not after the 60 s read timeout
 
 
 @dataclass(frozen=True)
@@ -65,10 +68,34 @@ def file_sha256(path: str | Path, cache_dir: Path | None = None) -> str:
     return index[key]
 
 
-def download_file(url: str, dest: Path, sha256: str, timeout: float = 60.0) -> Path:
-    """Download ``url`` to ``dest`` and verify its SHA-256; the file appears only if it matches."""
+def _check_reachable(url: str, timeout: float) -> None:
+    """Connect to ``url``'s host (or its proxy) once with a short timeout: without network,
+    fail in seconds rather than after the long read timeout (OSError when unreachable)."""
+    parts = urllib.parse.urlsplit(url)
+    proxy = urllib.request.getproxies().get(parts.scheme)
+    if proxy and not urllib.request.proxy_bypass(parts.hostname or ""):
+        parts = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    with socket.create_connection((parts.hostname or "", port), timeout=timeout):
+        pass
+
+
+def download_file(
+    url: str,
+    dest: Path,
+    sha256: str,
+    timeout: float = 60.0,
+    connect_timeout: float = CONNECT_TIMEOUT_S,
+    flag: str = "its path",
+) -> Path:
+    """Download ``url`` to ``dest`` and verify its SHA-256; the file appears only if it matches.
+
+    The host is tried first with ``connect_timeout`` seconds; reads then wait up to
+    ``timeout``. ``flag``: the option that takes the file instead (named in errors).
+    """
     digest = hashlib.sha256()
     try:
+        _check_reachable(url, connect_timeout)
         with (
             atomic_path(dest, suffix=".part") as tmp,
             open(tmp, "wb") as out,
@@ -87,7 +114,8 @@ def download_file(url: str, dest: Path, sha256: str, timeout: float = 60.0) -> P
     except (urllib.error.URLError, OSError) as err:
         raise DownloadError(
             f"could not download {url} ({err}); without internet, download it elsewhere and "
-            f"pass its path, or place it at {dest}"
+            f"pass {flag}, or put it in the cache folder {dest.parent} (as {dest.name}); "
+            "--offline never tries to download"
         ) from None
     return dest
 
@@ -98,25 +126,27 @@ def resolve_weights(
     what: str,
     allow_download: bool = True,
     cache_dir: Path | None = None,
+    flag: str = "its path",
 ) -> Path:
     """The local file to load: ``path`` if given, else the official file from the cache.
 
     The cache is ``<cache>/weights/<official filename>``; when missing there and downloads are
-    allowed it is fetched and verified. Errors name the file and say what to do.
+    allowed it is fetched and verified. Errors name the file and say what to do; ``flag``: the
+    option that passes the file (e.g. ``--clip-checkpoint``).
     """
     if path is not None:
         path = Path(path).expanduser()
         if not path.is_file():
-            raise CheckpointError(f"{path}: {what} file not found")
+            raise CheckpointError(f"{path}: {what} file not found; check {flag}")
         return path
     if official is None:
-        raise CheckpointError(f"no official {what} file is published; pass its path")
+        raise CheckpointError(f"no official {what} file is published; pass {flag}")
     cached = (cache_dir or get_cache_dir()) / "weights" / official.filename
     if cached.is_file():
         return cached
     if not allow_download:
         raise CheckpointError(
-            f"{what} {official.filename} is not in the cache ({cached}) and downloads are off; "
-            f"download {official.url} and pass its path"
+            f"{what} {official.filename} is not in the cache ({cached}) and downloads are off "
+            f"(--offline); download {official.url} and pass {flag}, or put it in {cached.parent}"
         )
-    return download_file(official.url, cached, official.sha256)
+    return download_file(official.url, cached, official.sha256, flag=flag)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -13,30 +15,101 @@ if TYPE_CHECKING:
     from ssam.inference.predictor import SSAMPredictor
 
 
-def quick_dataset_overrides(data: Path, label: str | None) -> list[str]:
-    """Overrides describing one dataset given by --data/--label (layout detected)."""
+def parse_labels(values: list[str] | None) -> tuple[str, ...] | None:
+    """``--label a --label "b,c"`` -> ("a", "b", "c"); None when the option was not given."""
+    if values is None:
+        return None
+    names = tuple(part.strip() for value in values for part in value.split(",") if part.strip())
+    if not names:
+        raise ConfigError("the label list is empty: name at least one label with --label")
+    return names
+
+
+def quick_dataset_overrides(data: Path, labels: tuple[str, ...] | None) -> list[str]:
+    """Overrides describing one dataset given by --data/--label (layout detected): an nnU-Net
+    dataset takes a list of labels (default: all); a folder dataset exactly one label."""
     layout = "nnunet" if (data / "dataset.json").is_file() else "folder"
     overrides = [f"datasets=[{{path: '{data.resolve()}', layout: {layout}}}]"]
-    if label is not None:
-        value = label if layout == "folder" else f"[{label}]"
-        overrides.append(f"datasets.0.{'label' if layout == 'folder' else 'labels'}={value}")
+    if layout == "folder" and labels is not None and len(labels) != 1:
+        raise ConfigError(
+            f"--data {data} is a folder dataset (no dataset.json): it has one label, so give "
+            f"exactly one --label, not {len(labels)} ({', '.join(labels)})"
+        )
+    if labels is not None:
+        key, value = ("label", labels[0]) if layout == "folder" else ("labels", list(labels))
+        overrides.append(f"datasets.0.{key}={json.dumps(value)}")
     return overrides
+
+
+def pick_output_dir(output_dir: Path | None, old_output: Path | None) -> Path | None:
+    """``--output-dir``, or the deprecated ``--output`` spelling with a line on stderr."""
+    if old_output is None:
+        return output_dir
+    print(
+        "ssam: warning: --output is deprecated and will be removed in the next release; "
+        "use --output-dir (or -o)",
+        file=sys.stderr,
+    )
+    if output_dir is not None and output_dir != old_output:
+        raise ConfigError("give the output folder once: --output-dir (or -o), not --output too")
+    return old_output
+
+
+def require_output_dir(output_dir: Path | None, old_output: Path | None) -> Path:
+    """``pick_output_dir`` for commands that must write somewhere: a usage error if neither."""
+    import click
+
+    chosen = pick_output_dir(output_dir, old_output)
+    if chosen is None:
+        raise click.UsageError("Missing option '--output-dir' / '-o'.")
+    return chosen
+
+
+# Each weights flag: what the file is and how to get it right.
+_FILE_FIXES = {
+    "adapter": "give an adapter written by `ssam train` (RUN/best.safetensors or "
+    "RUN/last.safetensors)",
+    "merged": "give a checkpoint written by `ssam merge` (its .ssam.safetensors beside it)",
+    "sam_checkpoint": "give the path of an official SAM checkpoint (e.g. sam_vit_b_01ec64.pth), "
+    "or leave the flag out to use the cached official file",
+    "clip_checkpoint": "give the path of the CLIP ViT-B/32 weights (ViT-B-32.pt), or leave the "
+    "flag out to use the cached official file; `--set model.text_encoder=tiny` (train, "
+    "evaluate) runs a random toy text tower instead, for tests and demos only",
+    "base": "give the run folder of a finished `ssam demo`",
+}
+
+
+def check_files(**paths: Path | None) -> None:
+    """Fail at once, naming the flag and the fix, when a given weights file does not exist:
+    ``check_files(adapter=..., sam_checkpoint=...)`` (keys: the flags' parameter names)."""
+    for name, path in paths.items():
+        if path is None:
+            continue
+        exists = path.is_dir() if name == "base" else path.is_file()
+        if not exists:
+            flag = "--" + name.replace("_", "-")
+            raise ConfigError(f"{flag} {path}: no such file; {_FILE_FIXES[name]}")
 
 
 def build_config(
     config: Path | None,
     data: Path | None,
-    label: str | None,
+    label: tuple[str, ...] | None,
     overrides: list[str],
     sam_checkpoint: Path | None = None,
     clip_checkpoint: Path | None = None,
     base: Path | None = None,
+    offline: bool = False,
     **fields,
 ) -> TrainConfig:
     """The training config from a YAML file and/or --data/--label, then --set overrides;
-    ``base``: a finished demo run whose small SAM is the base model (``ssam.demo.base``)."""
+    ``base``: a finished demo run whose small SAM is the base model (``ssam.demo.base``);
+    ``offline``: never download weights. Given weight files are checked first."""
     from ssam.config.train import load_train_config
 
+    check_files(sam_checkpoint=sam_checkpoint, clip_checkpoint=clip_checkpoint, base=base)
+    if offline:
+        fields["model.allow_download"] = False
     if base is not None:
         from ssam.demo.base import base_overrides
 
@@ -74,14 +147,13 @@ def parse_threads(value: str | None) -> int | str | None:
     return count
 
 
-def use_threads(value: str | int | None) -> None:
-    """Apply ``--threads`` (None: auto) to torch and say what was chosen, on stderr."""
-    import sys
-
+def use_threads(value: str | int | None) -> str:
+    """Apply ``--threads`` (None: auto) to torch; returns the line saying what was chosen,
+    for the caller to print once its inputs and model have loaded (an error stays one line)."""
     from ssam.threads import apply_threads
 
     requested = parse_threads(value) if isinstance(value, str) else value
-    print(apply_threads(requested)[1], file=sys.stderr)
+    return apply_threads(requested)[1]
 
 
 def build_intensity(
@@ -111,6 +183,12 @@ def load_predictor(
 
     if (adapter is None) == (merged is None):
         raise ConfigError("give exactly one of --adapter and --merged")
+    check_files(
+        adapter=adapter,
+        merged=merged,
+        sam_checkpoint=sam_checkpoint,
+        clip_checkpoint=clip_checkpoint,
+    )
     if merged is not None:
         return SSAMPredictor.from_merged(merged, None, clip_checkpoint, device, **kwargs)
     return SSAMPredictor.from_adapter(

@@ -6,28 +6,50 @@ from pathlib import Path
 
 import typer
 
+from ssam.cli.choices import Variant
+from ssam.errors import ConfigError
+
 
 def demo_entry(
     output_dir: Path = typer.Option(
-        Path("runs/demo"), help="run folder (a previous demo there is replaced)"
+        Path("runs/demo"),
+        "--output-dir",
+        "-o",
+        help="run folder (a previous demo there is replaced)",
     ),
+    old_output: Path | None = typer.Option(None, "--output", hidden=True),
     quick: bool = typer.Option(False, help="a seconds-long smoke run (tiny sizes)"),
     data: Path | None = typer.Option(None, help="your dataset instead of phantoms"),
-    label: str | None = typer.Option(None, help="label name for --data (folder layout)"),
+    label: list[str] | None = typer.Option(
+        None, "--label", "-l", help="label name for --data (one; folder layout: required)"
+    ),
     sam_checkpoint: Path | None = typer.Option(None, help="official SAM checkpoint"),
     clip_checkpoint: Path | None = typer.Option(None, help="CLIP ViT-B/32 weights"),
-    model: str = typer.Option("vit_b", help="SAM variant of --sam-checkpoint"),
+    model: Variant = typer.Option("vit_b", help="SAM variant of --sam-checkpoint"),
     seed: int = typer.Option(0, help="seed of phantoms, initialisation and training"),
     epochs: int | None = typer.Option(None, min=1, help="S-SAM epochs (default: the plan's)"),
     val_fraction: float = typer.Option(
         0.2, min=0.01, max=0.9, help="--data: held-out share (a dataset's own split wins)"
     ),
+    offline: bool = typer.Option(
+        True, "--offline", help="never download weights (the demo never does; accepted alike)"
+    ),
 ) -> None:
     """Show S-SAM working end to end, offline: data, training, metrics, predictions."""
+    from ssam.cli.common import check_files, parse_labels, pick_output_dir
     from ssam.demo import DemoOptions, run_demo
 
+    output_dir = pick_output_dir(old_output=old_output, output_dir=output_dir)
+    labels = parse_labels(label)
+    if labels is not None and len(labels) > 1:
+        raise ConfigError(
+            f"the demo trains on one label: give one --label, not {', '.join(labels)}"
+        )
+    one_label = labels[0] if labels else None
+    check_files(sam_checkpoint=sam_checkpoint, clip_checkpoint=clip_checkpoint)
+
     options = DemoOptions(
-        output_dir=output_dir, quick=quick, seed=seed, data=data, label=label,
+        output_dir=output_dir, quick=quick, seed=seed, data=data, label=one_label,
         sam_checkpoint=sam_checkpoint, clip_checkpoint=clip_checkpoint, variant=model,
         epochs=epochs, val_fraction=val_fraction,
     )  # fmt: skip

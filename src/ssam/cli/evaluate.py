@@ -7,35 +7,64 @@ from pathlib import Path
 
 import typer
 
+from ssam.cli.choices import Split
+
 
 def evaluate_entry(
     config: Path | None = typer.Argument(None, help="the training config (datasets and split)"),
     adapter: Path | None = typer.Option(
         None, help="adapter file (e.g. RUN/best.safetensors); none: score the untrained model"
     ),
-    split: str = typer.Option("val", help="train, val, test, or all (every labelled case)"),
+    split: Split = typer.Option("val", help="split to score (all: every labelled case)"),
     data: Path | None = typer.Option(None, help="one dataset folder, instead of a config"),
-    label: str | None = typer.Option(None, help="label name for --data"),
-    output_dir: Path | None = typer.Option(None, help="where metrics.csv and summary.json go"),
+    label: list[str] | None = typer.Option(
+        None,
+        "--label",
+        "-l",
+        help="label name(s) for --data (repeat, or comma-separate; nnU-Net layout: a subset, "
+        "default all; folder layout: exactly one)",
+    ),
+    output_dir: Path | None = typer.Option(
+        None, "--output-dir", "-o", help="where metrics.csv and summary.json go"
+    ),
+    old_output: Path | None = typer.Option(None, "--output", hidden=True),
     sam_checkpoint: Path | None = typer.Option(None, help="SAM base checkpoint"),
     clip_checkpoint: Path | None = typer.Option(None, help="CLIP weights"),
     base: Path | None = typer.Option(None, help="a finished `ssam demo` run as the base model"),
     batch_size: int = typer.Option(8, help="slices per encoder call"),
-    threads: str | None = typer.Option(None, help="torch CPU threads: a number, or auto"),
+    offline: bool = typer.Option(False, help="never download weights"),
+    threads: str | None = typer.Option(
+        None, help="torch CPU threads: a number, or auto (default: the config's, auto)"
+    ),
     set_: list[str] = typer.Option([], "--set", help="override any setting: key=value"),
 ) -> None:
     """Score an adapter at the original resolution (volumes as volumes, HD95 in mm)."""
-    from ssam.cli.common import build_config, use_threads
-    from ssam.evaluation.evaluate import SPLITS, UNTRAINED, evaluate
+    from ssam.cli.common import (
+        build_config,
+        check_files,
+        parse_labels,
+        pick_output_dir,
+        use_threads,
+    )
+    from ssam.evaluation.evaluate import UNTRAINED, evaluate
     from ssam.evaluation.metrics import EMPTY_GT_POLICY
 
-    if split not in SPLITS:
-        raise typer.BadParameter(f"split must be one of {', '.join(SPLITS)}, not {split!r}")
-    cfg = build_config(config, data, label, set_, sam_checkpoint, clip_checkpoint, base)
-    use_threads(threads if threads is not None else cfg.threads)
+    output_dir = pick_output_dir(output_dir, old_output)
+    check_files(adapter=adapter)
+    cfg = build_config(
+        config, data, parse_labels(label), set_, sam_checkpoint, clip_checkpoint, base, offline
+    )
+    typer.echo(use_threads(threads if threads is not None else cfg.threads), err=True)
     if adapter is None:
         typer.echo(f"no --adapter: scoring the {UNTRAINED}, a baseline", err=True)
-    result = evaluate(cfg, adapter, split, output_dir, batch_size)  # type: ignore[arg-type]
+    result = evaluate(
+        cfg,
+        adapter,
+        split,  # type: ignore[arg-type]
+        output_dir,
+        batch_size,
+        progress=cfg.progress,
+    )
     for name, how in result.table.context["splits"].items():
         typer.echo(f"{split} split of {name}: {how}", err=True)
     for case_id, notes in result.table.context.get("warnings", {}).items():
@@ -44,3 +73,5 @@ def evaluate_entry(
     typer.echo(result.table.render())
     typer.echo(f"empty ground truth: {EMPTY_GT_POLICY}")
     typer.echo(f"{result.n_cases} cases; metrics in {result.output_dir}")
+    for picture in result.pictures:
+        typer.echo(f"picture: {picture}")

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import typer
 from rich.console import Console
 
-from ssam.cli.predict import parse_labels
+from ssam.cli.common import parse_labels
 from ssam.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -35,7 +35,10 @@ def load_check_image(path: Path | None, size: int) -> tuple[np.ndarray, str]:
 
 
 def export_entry(
-    output: Path = typer.Option(..., "--output", "-o", help="folder for the ONNX files"),
+    output_dir: Path | None = typer.Option(
+        None, "--output-dir", "-o", help="folder for the ONNX files (required)"
+    ),
+    old_output: Path | None = typer.Option(None, "--output", hidden=True),
     onnx: bool = typer.Option(False, "--onnx", help="export to ONNX (the supported format)"),
     adapter: Path | None = typer.Option(None, help="adapter file (.safetensors)"),
     merged: Path | None = typer.Option(None, help="merged checkpoint (.pth)"),
@@ -53,13 +56,18 @@ def export_entry(
     check: bool = typer.Option(True, help="compare onnxruntime with PyTorch"),
     offline: bool = typer.Option(False, help="never download weights"),
 ) -> None:
-    """Export the image encoder and mask decoder (adapter merged) and check them against
-    PyTorch in onnxruntime; exits with status 1 if logits differ by 1e-3 or more."""
-    from ssam.cli.common import load_predictor
-    from ssam.inference.export import check_onnx, export_onnx
+    """Export the encoder and label-prompted decoder as ONNX, checked in onnxruntime.
 
+    The adapter is merged first. Exits with status 1 if onnxruntime's logits differ from
+    PyTorch's by 1e-3 or more.
+    """
+    from ssam.cli.common import load_predictor, require_output_dir
+
+    output = require_output_dir(output_dir, old_output)
     if not onnx:
         raise ConfigError("choose an export format: --onnx")
+    from ssam.inference.export import check_onnx, export_onnx
+
     predictor = load_predictor(adapter, merged, sam_checkpoint, clip_checkpoint, "cpu", not offline)
     labels = predictor.resolve_labels(parse_labels(label))
     files = export_onnx(predictor.model, output, labels, tokens_as_input)

@@ -7,9 +7,11 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from ssam.cli.choices import Variant
+
 
 def info_entry(
-    model: str = typer.Option("vit_b", "--model", help="SAM variant"),
+    model: Variant = typer.Option("vit_b", "--model", help="SAM variant"),
     sam_checkpoint: Path | None = typer.Option(None, help="SAM checkpoint (official layout)"),
     image_size: int = typer.Option(256, help="input size S"),
     text_encoder: str = typer.Option("clip_vit_b32", help="text encoder"),
@@ -18,6 +20,9 @@ def info_entry(
     offline: bool = typer.Option(False, help="never download"),
 ) -> None:
     """Load and verify a base checkpoint (and an adapter on it); print what was loaded."""
+    from ssam.cli.common import check_files
+
+    check_files(adapter=adapter, sam_checkpoint=sam_checkpoint, clip_checkpoint=clip_checkpoint)
     from ssam.config.model import ModelConfig
     from ssam.factory import create_model
     from ssam.tuning.adapter import load_adapter

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 import typer
+import typer.core
 from pydantic import ValidationError
 
 from ssam.cli import demo as demo_cmd
@@ -18,12 +19,25 @@ from ssam.cli import serve as serve_cmd
 from ssam.cli import train as train_cmd
 from ssam.errors import SSAMError, summarise_validation
 
+
+def _hide_flag_types() -> None:
+    """Typer labels on/off flags ``<bool>`` in help although they take no value: show no type."""
+    shown = typer.core.TyperOption.display_type_rich
+
+    def display_type_rich(self, ctx):
+        return None if self.is_flag else shown(self, ctx)
+
+    typer.core.TyperOption.display_type_rich = display_type_rich
+
+
+_hide_flag_types()
 app = typer.Typer(
     name="ssam",
     help="S-SAM: tune Segment Anything's singular values; segment medical images by label name.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",  # help paragraphs wrap to the terminal, not at source breaks
 )
 app.command("demo")(demo_cmd.demo_entry)
 app.command("params")(params_cmd.params_entry)

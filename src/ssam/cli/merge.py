@@ -15,9 +15,15 @@ def merge_entry(
     clip_checkpoint: Path | None = typer.Option(None, help="CLIP weights file"),
     offline: bool = typer.Option(False, help="never download weights"),
 ) -> None:
-    """Write OUTPUT (SAM's own key layout, loadable by segment_anything at input size 1024)
-    and OUTPUT's companion NAME.ssam.safetensors (text-affine layer, trained labels' CLIP
-    features, config with the input size)."""
+    """Fold an adapter into its base SAM and write one checkpoint file.
+
+    OUTPUT has SAM's own key layout (loadable by segment_anything at input size 1024); its
+    companion NAME.ssam.safetensors beside it holds the text-affine layer, the trained labels'
+    CLIP features and the config with the input size.
+    """
+    from ssam.cli.common import check_files
+
+    check_files(adapter=adapter, sam_checkpoint=sam_checkpoint, clip_checkpoint=clip_checkpoint)
     from ssam.inference.merge import merge_adapter
 
     files = merge_adapter(adapter, output, sam_checkpoint, clip_checkpoint, not offline)

@@ -8,6 +8,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from ssam.cli.choices import Method, Variant
+
 if TYPE_CHECKING:
     from ssam.config.model import ModelConfig
 
@@ -33,9 +35,9 @@ def compute_parameter_report(config: ModelConfig) -> dict:
 
 
 def params_entry(
-    model: str = typer.Option("vit_b", "--model", help="SAM variant: vit_b, vit_l, vit_h, ..."),
+    model: Variant = typer.Option("vit_b", "--model", help="SAM variant"),
     image_size: int = typer.Option(256, "--image-size", help="input size S (multiple of 16)"),
-    method: str = typer.Option("ssam", "--method", help="fine-tuning method"),
+    method: Method = typer.Option("ssam", "--method", help="fine-tuning method"),
 ) -> None:
     """Print the trainable parameters of a method, per group, and their share of SAM's."""
     from ssam.config.model import ModelConfig

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -9,20 +10,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from ssam.cli.choices import Intensity
+from ssam.cli.common import parse_labels
 from ssam.errors import ConfigError
 
 if TYPE_CHECKING:
     from ssam.inference.files import CaseOutcome
-
-
-def parse_labels(values: list[str] | None) -> tuple[str, ...] | None:
-    """``--label a --label "b,c"`` -> ("a", "b", "c"); None when the option was not given."""
-    if values is None:
-        return None
-    names = tuple(part.strip() for value in values for part in value.split(",") if part.strip())
-    if not names:
-        raise ConfigError("the label list is empty: name at least one label with --label")
-    return names
 
 
 def print_summary(outcomes: list[CaseOutcome], console: Console) -> None:
@@ -55,7 +48,10 @@ def predict_entry(
         help="image files (PNG, JPEG, TIFF, BMP, DICOM, NIfTI), folders, DICOM series "
         "folders or glob patterns",
     ),
-    output: Path = typer.Option(..., "--output", "-o", help="output folder"),
+    output_dir: Path | None = typer.Option(
+        None, "--output-dir", "-o", help="output folder (required)"
+    ),
+    old_output: Path | None = typer.Option(None, "--output", hidden=True),
     adapter: Path | None = typer.Option(None, help="adapter file (.safetensors)"),
     merged: Path | None = typer.Option(
         None, help="merged checkpoint (.pth; its .ssam.safetensors companion beside it)"
@@ -70,7 +66,7 @@ def predict_entry(
     ),
     batch_size: int = typer.Option(8, help="slices per image-encoder call"),
     axis: int = typer.Option(-1, help="volume axis to slice along (-1: the last)"),
-    intensity: str = typer.Option("auto", help="auto, rgb, minmax, ct or mri"),
+    intensity: Intensity = typer.Option("auto", help="intensity scaling preset"),
     window_level: float | None = typer.Option(None, help="CT window level (--intensity ct)"),
     window_width: float | None = typer.Option(None, help="CT window width (--intensity ct)"),
     save_probabilities: bool = typer.Option(False, help="also write per-label probabilities"),
@@ -89,17 +85,31 @@ def predict_entry(
 
     Exits with status 1 when any case failed (the summary names each with its reason).
     """
-    from ssam.cli.common import load_option_predictor, use_threads
+    from ssam.cli.common import (
+        check_files,
+        load_option_predictor,
+        require_output_dir,
+        use_threads,
+    )
     from ssam.inference.files import CaseOutcome, PredictOptions, predict_cases
     from ssam.inference.inputs import discover_cases
 
+    output_dir = require_output_dir(output_dir, old_output)
     labels = parse_labels(label)
     cases, problems = discover_cases(inputs)  # before the model: a typo fails in a second
-    outcomes = [CaseOutcome(Path(p).name, p, "failed", reason) for p, reason in problems]
     if not cases:
-        print_summary(outcomes, Console())
-        raise typer.Exit(code=1)
-    use_threads(threads)
+        named = "; ".join(f"{path}: {reason}" for path, reason in problems)
+        raise ConfigError(f"no input to predict ({named})")
+    outcomes = [CaseOutcome(Path(p).name, p, "failed", reason) for p, reason in problems]
+    if (adapter is None) == (merged is None):
+        raise ConfigError("give exactly one of --adapter and --merged")
+    check_files(
+        adapter=adapter,
+        merged=merged,
+        sam_checkpoint=sam_checkpoint,
+        clip_checkpoint=clip_checkpoint,
+    )
+    threads_line = use_threads(threads)
     predictor = load_option_predictor(
         adapter,
         merged,
@@ -111,8 +121,9 @@ def predict_entry(
         batch_size,
         (window_level, window_width),
     )
+    print(threads_line, file=sys.stderr)
     options = PredictOptions(
-        output_dir=output,
+        output_dir=output_dir,
         labels=labels,
         axis=axis,
         save_probabilities=save_probabilities,

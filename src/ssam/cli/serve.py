@@ -8,6 +8,7 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 
+from ssam.cli.choices import Intensity
 from ssam.errors import ConfigError
 from ssam.web.settings import MIB, ServerSettings
 
@@ -54,7 +55,7 @@ def serve_entry(
     host: str = typer.Option("127.0.0.1", help="address to bind (default: this machine only)"),
     port: int = typer.Option(8000, min=1, max=65535, help="TCP port"),
     device: str = typer.Option("cpu", help="torch device"),
-    intensity: str = typer.Option("auto", help="auto, rgb, minmax, ct or mri"),
+    intensity: Intensity = typer.Option("auto", help="intensity scaling preset"),
     batch_size: int = typer.Option(4, min=1, help="slices per image-encoder call"),
     max_upload_mb: float = typer.Option(256.0, min=0.001, help="largest upload (MiB)"),
     max_pixels: int = typer.Option(40_000_000, min=1, help="largest 2D image (pixels)"),
@@ -83,7 +84,7 @@ def serve_entry(
     threads: str = typer.Option("auto", help="torch CPU threads: a number, or auto"),
 ) -> None:
     """Serve the web page and HTTP API: segment uploads by label name in a browser."""
-    from ssam.cli.common import load_option_predictor, use_threads
+    from ssam.cli.common import check_files, load_option_predictor, use_threads
     from ssam.web.app import create_app
     from ssam.web.server import build_server
 
@@ -111,10 +112,17 @@ def serve_entry(
     warn_if_exposed(host, console)
     if adapter is None and merged is None:
         raise ConfigError("give --adapter (with --sam-checkpoint) or --merged")
-    use_threads(threads)
+    check_files(
+        adapter=adapter,
+        merged=merged,
+        sam_checkpoint=sam_checkpoint,
+        clip_checkpoint=clip_checkpoint,
+    )
+    threads_line = use_threads(threads)
     predictor = load_option_predictor(
         adapter, merged, sam_checkpoint, clip_checkpoint, device, offline, intensity, batch_size
     )
+    console.print(threads_line, highlight=False)
     app = create_app(predictor, settings, model_info(adapter, merged))
     console.print(f"S-SAM on http://{host}:{port}  (labels: {', '.join(predictor.trained_labels)})")
     build_server(app, host, port, log_level).run()

@@ -12,8 +12,15 @@ from rich.console import Console
 def train_entry(
     config: Path | None = typer.Argument(None, help="YAML training config (see configs/)"),
     data: Path | None = typer.Option(None, help="one dataset folder, instead of a config's list"),
-    label: str | None = typer.Option(None, help="label name for --data (folder layout: required)"),
-    output_dir: Path | None = typer.Option(None, help="run folder"),
+    label: list[str] | None = typer.Option(
+        None,
+        "--label",
+        "-l",
+        help="label name(s) for --data (repeat, or comma-separate; nnU-Net layout: a subset, "
+        "default all; folder layout: exactly one)",
+    ),
+    output_dir: Path | None = typer.Option(None, "--output-dir", "-o", help="run folder"),
+    old_output: Path | None = typer.Option(None, "--output", hidden=True),
     epochs: int | None = typer.Option(None, help="number of epochs"),
     max_steps: int | None = typer.Option(None, help="stop after this many optimiser steps"),
     batch_size: int | None = typer.Option(None, help="batch size per process"),
@@ -23,21 +30,26 @@ def train_entry(
         None, help="a finished `ssam demo` run: train on its small SAM (offline; sets model and lr)"
     ),
     resume: bool = typer.Option(False, help="continue the run saved in the output folder"),
-    threads: str | None = typer.Option(None, help="torch CPU threads: a number, or auto"),
+    offline: bool = typer.Option(False, help="never download weights"),
+    threads: str | None = typer.Option(
+        None, help="torch CPU threads: a number, or auto (default: the config's, auto)"
+    ),
     set_: list[str] = typer.Option([], "--set", help="override any setting: key=value"),
 ) -> None:
     """Train S-SAM on your data; writes adapters, logs and a resumable state."""
-    from ssam.cli.common import build_config, parse_threads
+    from ssam.cli.common import build_config, parse_labels, parse_threads, pick_output_dir
     from ssam.train import train
 
+    output_dir = pick_output_dir(output_dir, old_output)
     cfg = build_config(
         config,
         data,
-        label,
+        parse_labels(label),
         set_,
         sam_checkpoint,
         clip_checkpoint,
         base,
+        offline,
         output_dir=output_dir and str(output_dir),
         epochs=epochs,
         max_steps=max_steps,
@@ -50,6 +62,8 @@ def train_entry(
     console = Console()
     console.print(f"run folder: {result.run_dir}")
     console.print(f"last adapter: {result.last_adapter}")
+    if (result.run_dir / "learning_curve.png").is_file():
+        console.print(f"learning curve: {result.run_dir / 'learning_curve.png'}")
     if result.best_adapter is not None:
         p = result.progress
         console.print(

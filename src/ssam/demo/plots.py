@@ -12,14 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from ssam.inference.overlay import add_legend, blend_overlay, save_png, tile_images, to_rgb  # noqa: E402
-
-
-def _smooth(values: Sequence[float], width: int = 10) -> np.ndarray:
-    values = np.asarray(values, dtype=np.float64)
-    if len(values) < width:
-        return values
-    kernel = np.ones(width) / width
-    return np.convolve(values, kernel, mode="valid")
+from ssam.train.plots import smooth as _smooth  # noqa: E402  (the run folders' curve's)
 
 
 def plot_learning_curves(

@@ -12,20 +12,29 @@ count is ``ssam.evaluation.metrics.EMPTY_GT_POLICY``, written into ``summary.jso
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from ssam.config.train import TrainConfig
 from ssam.data.cases import Case, read_case_image, read_case_labels
-from ssam.data.io import read_header
+from ssam.data.io import NIFTI_SUFFIXES, file_suffix, read_header
 from ssam.data.layouts import load_cases
 from ssam.data.splits import split_dataset
+from ssam.data.transforms import scale_intensity
 from ssam.errors import ConfigError, DataError
 from ssam.evaluation.metrics import compute_case_metrics
+from ssam.evaluation.plots import (
+    CaseView,
+    keep_worst,
+    make_case_view,
+    plot_dice_per_case,
+    render_worst_cases,
+)
 from ssam.evaluation.report import MetricsTable
 from ssam.factory import create_model
 from ssam.inference.predictor import SSAMPredictor
@@ -40,6 +49,8 @@ class EvaluationResult:
     table: MetricsTable
     output_dir: Path
     n_cases: int
+    pictures: list[Path] = field(default_factory=list)  # dice_per_case.png, worst_cases.png
+    worst_cases: list[str] = field(default_factory=list)  # the worst sheet's rows, worst first
 
 
 def describe_split_cases(
@@ -90,10 +101,15 @@ def build_predictor(
 
 
 def score_case(
-    predictor: SSAMPredictor, case: Case, slice_axis: int, notes: list[str] | None = None
+    predictor: SSAMPredictor,
+    case: Case,
+    slice_axis: int,
+    notes: list[str] | None = None,
+    views: list[CaseView] | None = None,
 ) -> dict[str, dict]:
     """Metrics per label of one case: predicted label map vs. the case's label map. The
-    prediction's intensity warnings are appended to ``notes`` when given."""
+    prediction's intensity warnings are appended to ``notes`` when given, and the case's
+    picture for the worst-case sheet (one slice, panel-sized) to ``views``."""
     image, properties = read_case_image(case)
     target, _ = read_case_labels(case)
     names = list(case.labels)
@@ -110,10 +126,31 @@ def score_case(
             f"{case.label_path}: label map {target.shape} and prediction "
             f"{predicted.shape[1:]} differ"
         )
-    return {
+    scores = {
         name: compute_case_metrics(predicted[k], target == case.labels[name], spacing)
         for k, name in enumerate(names)
     }
+    if views is not None:
+        truth = np.zeros(target.shape, np.uint8)  # label values -> 1..L in ``names`` order
+        for k, name in enumerate(names, 1):
+            truth[target == case.labels[name]] = k
+        volume = not properties.is_2d
+        views.append(
+            make_case_view(
+                case.case_id,
+                {name: float(m["dice"]) for name, m in scores.items()},
+                names,
+                image if volume else image[..., 0],
+                truth,
+                segmentation.label_map,
+                axis=segmentation.slice_axis if volume else None,
+                rotate=volume and file_suffix(case.label_path) in NIFTI_SUFFIXES,
+                scale=lambda pixels: scale_intensity(
+                    pixels, segmentation.intensity, segmentation.value_range
+                ),
+            )
+        )
+    return scores
 
 
 def evaluate(
@@ -123,10 +160,15 @@ def evaluate(
     output_dir: str | Path | None = None,
     batch_size: int = 8,
     on_case: Callable[[str], None] | None = None,
+    pictures: bool = True,
+    progress: bool = False,
 ) -> EvaluationResult:
     """Evaluate ``adapter`` (None: the untrained base model) on ``split`` of the datasets in
     ``config``; writes ``metrics.csv`` and ``summary.json`` into ``output_dir`` (default:
-    beside the adapter, or ``<output_dir of the config>/eval-untrained-<split>``)."""
+    beside the adapter, or ``<output_dir of the config>/eval-untrained-<split>``), and with
+    ``pictures`` ``dice_per_case.png`` and ``worst_cases.png`` (the lowest-Dice cases).
+    ``on_case`` is called with each case id once it is scored; ``progress``: a bar over the
+    cases on stderr."""
     if output_dir is None:
         base = Path(adapter).parent if adapter is not None else Path(config.output_dir)
         output_dir = (
@@ -141,19 +183,36 @@ def evaluate(
         context={"model": model, "split": split, "splits": splits},
     )
     by_name = {d.dataset_name: d for d in config.datasets}
+    several = sum(1 for v in cases.values() if v) > 1
+    worst: list[CaseView] = []  # only the worst few are kept: memory stays flat
+    total = sum(len(v) for v in cases.values())
+    bar = tqdm(total=total, desc="evaluating", unit="case", disable=not progress, leave=False)
     for name, dataset_cases in cases.items():
         predictor.intensity = by_name[name].intensity
         for case in dataset_cases:
             notes: list[str] = []
-            scores = score_case(predictor, case, by_name[name].slice_axis, notes)
+            views: list[CaseView] | None = [] if pictures else None
+            scores = score_case(predictor, case, by_name[name].slice_axis, notes, views)
+            if views:
+                view = replace(views[0], name=f"{name}/{case.case_id}") if several else views[0]
+                worst = keep_worst(worst, view)
             for label, metrics in scores.items():
                 table.add(case.case_id, label, metrics, dataset=name)
             if notes:
                 table.context.setdefault("warnings", {})[case.case_id] = notes
+            bar.update()
             if on_case is not None:
                 on_case(case.case_id)
+    bar.close()
     table.write(output_dir)
-    return EvaluationResult(table, output_dir, sum(len(v) for v in cases.values()))
+    result = EvaluationResult(table, output_dir, sum(len(v) for v in cases.values()))
+    if pictures and worst:
+        result.pictures = [
+            plot_dice_per_case(table.rows, output_dir / "dice_per_case.png"),
+            render_worst_cases(worst, output_dir / "worst_cases.png"),
+        ]
+        result.worst_cases = [v.name for v in worst]
+    return result
 
 
 def _hd95_unit(cases: list[Case]) -> str:

@@ -325,6 +325,7 @@ class _Run:
             acc.device,
             acc.autocast,
             shard=(acc.process_index, acc.num_processes),
+            progress=self.config.progress and self.main,
         )
         if acc.num_processes > 1:
             scores, positive = gather_object(scores), gather_object(positive)

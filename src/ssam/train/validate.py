@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from monai.metrics import compute_dice
 from torch.utils.data import DataLoader, Dataset, Subset
+from tqdm.auto import tqdm
 
 
 def compute_batch_dice(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -30,16 +31,19 @@ def score_samples(
     device: torch.device,
     autocast,
     shard: tuple[int, int] = (0, 1),
+    progress: bool = False,
 ) -> tuple[list[float], list[bool]]:
     """Dice and positiveness of the samples of ``dataset`` in ``shard`` = (index, count): every
     count-th sample from the index-th, so that processes split the set between them.
-    ``model`` is switched to eval mode and back."""
+    ``model`` is switched to eval mode and back. ``progress``: a bar over this shard's
+    batches (pass it from the main process only)."""
     index, count = shard
     was_training = model.training
     model.eval()
     scores, positive = [], []
     subset = Subset(dataset, range(index, len(dataset), count))
-    for batch in DataLoader(subset, batch_size=batch_size, shuffle=False):
+    loader = DataLoader(subset, batch_size=batch_size, shuffle=False)
+    for batch in tqdm(loader, desc="validation", unit="batch", disable=not progress, leave=False):
         with autocast():
             logits = model(batch["image"].to(device), list(batch["label"]))
         scores += compute_batch_dice(logits.float(), batch["mask"].to(device)).tolist()

@@ -1,0 +1,21 @@
+"""The values a choice option takes, as ``Literal`` types (Typer turns them into choices:
+help lists them, a wrong value is refused naming them). Importing them must not import torch.
+
+Each mirrors a library registry (tests check they agree): ``ssam.sam.variants.SAM_VARIANTS``,
+``ssam.tuning.methods.METHODS``, ``ssam.config.data.IntensityPreset`` and
+``ssam.evaluation.evaluate.SPLITS``. Those modules load torch, which ``ssam --help`` must not.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, get_args
+
+Intensity = Literal["auto", "rgb", "minmax", "ct", "mri"]
+Variant = Literal["vit_b", "vit_l", "vit_h", "medsam_vit_b", "tiny", "demo"]
+Method = Literal["ssam", "lora", "bias", "decoder", "full"]
+Split = Literal["train", "val", "test", "all"]
+
+INTENSITY_PRESETS: tuple[str, ...] = get_args(Intensity)
+SAM_VARIANTS: tuple[str, ...] = get_args(Variant)
+METHODS: tuple[str, ...] = get_args(Method)
+SPLITS: tuple[str, ...] = get_args(Split)
