@@ -4,6 +4,7 @@ A real HTTP server on loopback serves a fake checkpoint; nothing leaves the mach
 """
 
 import hashlib
+import socket
 import threading
 from functools import partial
 from http.server import HTTPServer, SimpleHTTPRequestHandler
@@ -68,3 +69,32 @@ def test_offline_cache_miss_and_missing_path(tmp_path):
         resolve_weights(None, official, "SAM checkpoint", False, tmp_path)
     with pytest.raises(CheckpointError, match="not found"):
         resolve_weights(tmp_path / "nope.pth", official, "SAM checkpoint")
+
+
+def test_download_tries_the_proxy_first_and_names_the_flag(monkeypatch, tmp_path):
+    """Behind a proxy the quick connect check goes to the proxy (not the unreachable host), and
+    a failed download names the flag that takes the file and the cache folder to put it in."""
+    proxy = socket.create_server(("127.0.0.1", 0))
+    port = proxy.getsockname()[1]
+    for name in ("no_proxy", "NO_PROXY", "HTTPS_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("https_proxy", f"http://127.0.0.1:{port}")
+    dest = tmp_path / "cache" / "weights" / "sam.pth"
+    with pytest.raises(DownloadError) as err:
+        download_file("https://weights.invalid/sam.pth", dest, "0" * 64, timeout=1.0,
+                      connect_timeout=1.0, flag="--sam-checkpoint")  # fmt: skip
+    message = str(err.value)
+    assert "--sam-checkpoint" in message and str(dest.parent) in message
+    proxy.settimeout(0)
+    connection, _ = proxy.accept()  # the proxy was reached (raises if nobody connected)
+    connection.close()
+    proxy.close()
+    assert not dest.exists()
+
+
+def test_closed_port_fails_at_the_connect_check(tmp_path):
+    closed = socket.create_server(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()  # nothing listens there now: connection refused
+    with pytest.raises(DownloadError, match="Connection refused|refused"):
+        download_file(f"http://127.0.0.1:{port}/x.pth", tmp_path / "x.pth", "0" * 64)
