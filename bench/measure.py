@@ -1,5 +1,5 @@
 """Measuring tools for the benchmark suite: interleaved timing, medians, FLOPs, peak RSS, and
-running one measurement in a fresh process.
+running one measurement in a fresh interpreter.
 
 Timings on a small shared machine drift with other load. Compared configurations therefore run
 interleaved (A B C, B C A, C A B, ...: each round rotates the order, so no configuration always
@@ -10,20 +10,19 @@ compares runs made under the same conditions.
 from __future__ import annotations
 
 import gc
-import multiprocessing as mp
+import json
 import os
 import resource
 import statistics
+import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-# Modules every fresh measurement process needs; the fork server imports them once.
-CHILD_PRELOAD = ("torch", "ssam.factory", "ssam.tuning.svd", "ssam.text", "open_clip")
+BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
 def time_call(fn: Callable[[], Any]) -> float:
@@ -101,31 +100,16 @@ def current_rss_mib() -> float:
     return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-class IsolatedRunner:
-    """Runs functions each in a fresh process forked from a clean fork server.
-
-    The server imports ``CHILD_PRELOAD`` once and never runs a model or starts a thread pool;
-    every task gets a new process forked from it (``max_tasks_per_child=1``), so peak RSS values
-    of different tasks never mix, and each starts from the same baseline: the interpreter with
-    torch, ssam and open_clip imported (``baseline_rss_mib`` in every result).
-    """
-
-    def __init__(self, preload: Sequence[str] = ()) -> None:
-        ctx = mp.get_context("forkserver")
-        ctx.set_forkserver_preload([*CHILD_PRELOAD, *preload])
-        self._pool = ProcessPoolExecutor(1, mp_context=ctx, max_tasks_per_child=1)
-
-    def run(self, fn: Callable[..., dict], *args: Any) -> dict:
-        return self._pool.submit(fn, *args).result()
-
-    def close(self) -> None:
-        self._pool.shutdown()
-
-    def __enter__(self) -> IsolatedRunner:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+def run_fresh(command: Sequence[str]) -> dict:
+    """Run ``command`` (``workloads.child_command``: ``python -m workloads ...``) in a fresh
+    interpreter with bench/ on its path, as a user's process starts: its imports and all
+    count in its peak RSS. Returns its last stdout line, parsed as JSON."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [BENCH_DIR, env.get("PYTHONPATH")]))
+    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=BENCH_DIR)
+    if done.returncode != 0:
+        raise RuntimeError(f"{command[:5]} failed ({done.returncode}): {done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def describe_machine(threads: int) -> dict[str, Any]:

@@ -26,7 +26,13 @@ import torch
 from measure import describe_machine, time_interleaved
 from ssam.threads import choose_threads, measure_busy_cpus
 from summary import RESULTS, format_table
-from workloads import BenchSetup, build_inference_model, make_encoder_step, write_random_checkpoint
+from workloads import (
+    BenchSetup,
+    build_inference_model,
+    make_encoder_step,
+    write_random_checkpoint,
+    write_random_clip,
+)
 
 BUSY_LOOP = "import time\nend = time.time() + 900\nwhile time.time() < end: pass\n"
 
@@ -63,7 +69,8 @@ def main(argv: list[str] | None = None) -> dict:
     variant, size = ("tiny", 64) if args.quick else ("vit_b", 256)
     with tempfile.TemporaryDirectory() as work:
         checkpoint = write_random_checkpoint(variant, Path(work))
-        setup = BenchSetup(variant, size, str(checkpoint), work, 2, work)
+        clip = write_random_clip(Path(work))
+        setup = BenchSetup(variant, size, str(checkpoint), work, 2, work, str(clip))
         model = build_inference_model(setup, "ssam_adapted")
         step = make_encoder_step(model, 1)
         phases = {"quiet": measure_phase(step, args.rounds)}

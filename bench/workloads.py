@@ -1,25 +1,36 @@
 """What the benchmark suite runs: the compared models, a training step and an inference call on
-fixed random inputs, and the measurements that need a fresh process (peak RSS, load time).
+fixed random inputs, and the measurements that need a fresh process (peak RSS, load time, time
+to first mask).
 
 Speed does not depend on weight values, so the base is a seeded random SAM saved in the official
-key layout; the text encoder is the tiny random CLIP tower (label features are passed as
-tensors: a training or inference step never runs CLIP, DESIGN.md 5).
+key layout, and the text encoder is CLIP ViT-B/32's real-size text tower with seeded random
+weights saved as a file (its size is part of every model's memory; a training or inference step
+never runs CLIP: label features are passed as tensors, DESIGN.md 5).
 
 Configurations:
-* training: every method of ``ssam.tuning.methods.METHODS`` (built by ``create_model``) and
-  ``sam_full``: the official ``segment_anything`` modules from ``build_sam(spec, S)``, same
-  encoder layout, no SVD, every parameter trained, behind the same label-token wrapper;
-* inference: ``ssam_adapted`` (eval, W' cached), ``ssam_merged`` (``merge_svd``) and
-  ``sam_plain`` (the official modules as loaded).
+* training: every method of ``ssam.tuning.methods.METHODS`` (built by ``create_model``) and two
+  baselines of SAM's official ``segment_anything`` modules, no SVD, every parameter trained,
+  behind the same label-token wrapper: ``sam_same_layout`` (``build_sam(spec, S)``: the S-SAM
+  model's encoder layout, so the ratio is the SVD's own cost) and ``sam_stock`` (what a user of
+  ``segment_anything`` runs at S: SAM's own 14-token windows, padded, e.g. 16x16 tokens to
+  28x28 at 256);
+* inference: ``ssam_adapted`` (eval, W' cached), ``ssam_merged`` (``merge_svd``) and the two
+  baselines as loaded.
+
+Run as ``python -m workloads FUNCTION SETUP_JSON ARGS_JSON`` (with bench/ on the path), a child
+function runs in a fresh interpreter and prints its result as JSON on the last line
+(``measure.FreshProcessRunner``).
 """
 
 from __future__ import annotations
 
+import json
 import os
+import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -32,16 +43,18 @@ from ssam.model import SSAM
 from ssam.sam.build import build_random_sam, build_sam
 from ssam.sam.checkpoint import load_sam_weights, save_state_dict
 from ssam.sam.variants import get_sam_spec
-from ssam.text import TextAffine, build_text_encoder, get_text_spec
+from ssam.text import TextAffine, build_text_encoder, build_text_tower, get_text_spec
 from ssam.train.losses import segmentation_loss
 from ssam.tuning.adapter import save_adapter
 from ssam.tuning.methods import METHODS
 from ssam.tuning.svd import merge_svd
 
-PLAIN_TRAIN = "sam_full"
-TRAIN_CONFIGS = (*METHODS, PLAIN_TRAIN)
-INFER_CONFIGS = ("ssam_adapted", "ssam_merged", "sam_plain")
-TEXT_ENCODER = "tiny"
+SAME_LAYOUT = "sam_same_layout"  # official modules in the S-SAM model's layout: SVD overhead
+STOCK = "sam_stock"  # official modules as segment_anything builds them at S: SAM's windows
+BASELINES = (SAME_LAYOUT, STOCK)
+TRAIN_CONFIGS = (*METHODS, *BASELINES)
+INFER_CONFIGS = ("ssam_adapted", "ssam_merged", *BASELINES)
+TEXT_ENCODER = "clip_vit_b32"  # the real-size tower (random weights): its memory counts
 SAM_PARTS = ("image_encoder.", "prompt_encoder.", "mask_decoder.")
 
 
@@ -55,6 +68,14 @@ class BenchSetup:
     cache_dir: str
     threads: int
     work_dir: str
+    clip_checkpoint: str
+
+
+def write_random_clip(folder: Path, seed: int = 0) -> Path:
+    """Seeded random weights of ``TEXT_ENCODER``'s text tower, as an open_clip state dict."""
+    torch.manual_seed(seed)
+    tower = build_text_tower(get_text_spec(TEXT_ENCODER))
+    return save_state_dict(tower.state_dict(), folder / f"{TEXT_ENCODER}_random.pt")
 
 
 def write_random_checkpoint(variant: str, folder: Path, seed: int = 0) -> Path:
@@ -68,39 +89,42 @@ def model_config(setup: BenchSetup, method: str = "ssam") -> ModelConfig:
         variant=setup.variant,
         image_size=setup.image_size,
         sam_checkpoint=Path(setup.checkpoint),
+        clip_checkpoint=Path(setup.clip_checkpoint),
         text_encoder=TEXT_ENCODER,
         method=method,
         allow_download=False,
     )
 
 
-def build_plain_sam(setup: BenchSetup, checkpoint: str | None = None) -> SSAM:
+def build_plain_sam(setup: BenchSetup, checkpoint: str | None = None, stock: bool = False) -> SSAM:
     """Official SAM modules at S (no SVD) behind the label-token wrapper, all parameters
-    trainable; ``checkpoint`` defaults to the random base (a merged checkpoint works too)."""
+    trainable, with the frozen text encoder; ``checkpoint`` defaults to the random base (a
+    merged checkpoint works too); ``stock``: SAM's own window (``STOCK``), else the S-SAM
+    model's layout (``SAME_LAYOUT``)."""
     spec = get_sam_spec(setup.variant)
-    sam = build_sam(spec, setup.image_size)
+    sam = build_sam(spec, setup.image_size, spec.window_size if stock else None)
     load_sam_weights(sam, checkpoint or setup.checkpoint, spec)
     text_dim = get_text_spec(TEXT_ENCODER).embed_dim
     model = SSAM(sam, TextAffine(text_dim, spec.prompt_embed_dim), None, setup.image_size)
-    return model.requires_grad_(True)
+    model.requires_grad_(True)
+    model.text_encoder = build_text_encoder(TEXT_ENCODER, setup.clip_checkpoint)  # frozen
+    return model
 
 
 def load_merged_model(setup: BenchSetup, checkpoint: str) -> SSAM:
     """A ready inference model from a merged checkpoint: official modules, no SVD, + text."""
-    model = build_plain_sam(setup, checkpoint).requires_grad_(False)
-    model.text_encoder = build_text_encoder(TEXT_ENCODER, None)
-    return model.eval()
+    return build_plain_sam(setup, checkpoint).requires_grad_(False).eval()
 
 
 def build_training_model(setup: BenchSetup, name: str) -> nn.Module:
-    if name == PLAIN_TRAIN:
-        return build_plain_sam(setup)
+    if name in BASELINES:
+        return build_plain_sam(setup, stock=name == STOCK)
     return create_model(model_config(setup, name))
 
 
 def build_inference_model(setup: BenchSetup, name: str) -> nn.Module:
-    if name == "sam_plain":
-        return build_plain_sam(setup).requires_grad_(False).eval()
+    if name in BASELINES:
+        return build_plain_sam(setup, stock=name == STOCK).requires_grad_(False).eval()
     model = create_model(model_config(setup, "ssam"))
     if name == "ssam_merged":
         merge_svd(model)
@@ -171,7 +195,7 @@ def adapter_size_bytes(model: nn.Module, folder: str) -> int:
         Path(name).unlink(missing_ok=True)
 
 
-# ---- measurements made in a fresh process (see measure.IsolatedRunner) ----
+# ---- measurements made in a fresh process (see measure.FreshProcessRunner) ----
 
 
 def _enter_child(setup: BenchSetup, cache_dir: str | None = None) -> float:
@@ -224,3 +248,21 @@ def load_child(setup: BenchSetup, kind: str, cache_dir: str) -> dict:
         state = {k: v for k, v in model.state_dict().items() if k.startswith(SAM_PARTS)}
         save_state_dict(state, merged_path)
     return result
+
+
+CHILDREN = {"train_child": train_child, "infer_child": infer_child, "load_child": load_child}
+
+
+def run_child(argv: list[str]) -> None:
+    """``FUNCTION SETUP_JSON ARGS_JSON``: run one child function, print its result as JSON."""
+    name, setup, args = argv[0], BenchSetup(**json.loads(argv[1])), json.loads(argv[2])
+    print(json.dumps(CHILDREN[name](setup, *args)))
+
+
+def child_command(name: str, setup: BenchSetup, *args) -> list[str]:
+    """The command line running child function ``name`` in a fresh interpreter."""
+    return [sys.executable, "-m", "workloads", name, json.dumps(asdict(setup)), json.dumps(args)]
+
+
+if __name__ == "__main__":
+    run_child(sys.argv[1:])

@@ -37,13 +37,23 @@ def test_suite_quick_measures_every_configuration(bench_modules, tmp_path, capsy
         *workloads.TRAIN_CONFIGS,
         *workloads.INFER_CONFIGS,
     }
-    for row in results["memory"]:
-        assert row["peak_rss_mib"] >= row["baseline_rss_mib"] > 0
+    for row in results["memory"]:  # fresh interpreters: imports and the real-size text tower
+        assert row["peak_rss_mib"] >= row["model_rss_mib"] > row["baseline_rss_mib"] > 0
+    assert {(r["mode"], r["batch"]) for r in results["memory"]} == {("train", 2), ("infer", 1)}
     assert [r["kind"] for r in results["load"]] == ["svd_first", "svd_cached", "merged"]
     assert all(r["median_s"] > 0 for r in results["load"])
-    flops = [r for r in results["encoder_flops"] if r["config"] == "encoder:sam_plain"]
-    assert flops and all(r["gflop"] > 0 and r["gflops_per_s"] > 0 for r in flops)
-    assert results["trainable"]["ssam"] < results["trainable"]["sam_full"]
+    starts = results["first_mask"]  # ssam predict run as a user runs it: mask before exit
+    assert [r["kind"] for r in starts] == ["first_start", "cached_start"]
+    assert all(
+        0 < s < e for r in starts for s, e in zip(r["samples_s"], r["exit_samples_s"], strict=True)
+    )
+    flops = {r["config"]: r for r in results["encoder_flops"] if r["batch"] == 1}
+    stock, same = flops["encoder:sam_stock"], flops["encoder:sam_same_layout"]
+    assert stock["gflop"] > same["gflop"] > 0  # stock SAM pads its windows
+    assert any(r["config"] == "matmul 2048^3" for r in results["encoder_flops"])
+    for row in results["inference"]:
+        assert row["ratio"] > 0 and row["ratio_stock"] > 0
+    assert results["trainable"]["ssam"] < results["trainable"]["sam_same_layout"]
     assert set(results["adapter_bytes"]) == set(workloads.METHODS)
     assert len(results["targets"]) == 7
     assert all(t["met"] is None and t["value"] is not None for t in results["targets"])
@@ -82,3 +92,22 @@ def test_threads_quick_compares_one_and_two_threads_quiet_and_loaded(bench_modul
         assert phase["auto_threads"] >= 1
     # the busy process is seen: auto never asks for more threads than when quiet
     assert phases["one busy process"]["auto_threads"] <= phases["quiet"]["auto_threads"]
+
+
+@pytest.mark.parametrize("given", [None, "absent", "empty"])
+def test_reference_code_without_a_checkout_stops_with_one_line(
+    bench_modules, tmp_path, capsys, given
+):
+    """The external comparison needs the user's checkout of the paper's code: without one it
+    stops before building anything, exit status 2, one line naming the path."""
+    import reference_code
+
+    (tmp_path / "empty").mkdir()
+    argv = [] if given is None else ["--reference", str(tmp_path / given)]
+    with pytest.raises(SystemExit) as stop:
+        reference_code.main(argv)
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--reference" in err[0] and "SVDSAM" in err[0]
+    if given is not None:
+        assert str((tmp_path / given).resolve()) in err[0]

@@ -241,4 +241,5 @@ def test_speed_benchmark_quick_mode_runs(capsys):
     bench = runpy.run_path(str(Path(__file__).parents[1] / "bench" / "predict_speed.py"))
     assert bench["main"](["--quick", "--rounds", "1", "--labels", "3"]) == 0
     out = capsys.readouterr().out
-    assert "encoder 1 call(s) on 1 image(s)" in out and "merged / plain" in out
+    assert "encoder 1 call(s) on 1 image(s)" in out and "merged / same layout" in out
+    assert "sam_stock" in out and "x stock" in out

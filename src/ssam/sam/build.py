@@ -27,11 +27,13 @@ def check_image_size(spec: SamSpec, image_size: int) -> None:
         )
 
 
-def build_sam(spec: SamSpec, image_size: int | None = None) -> Sam:
+def build_sam(spec: SamSpec, image_size: int | None = None, window_size: int | None = None) -> Sam:
     """Official SAM modules of ``spec`` for S x S inputs (default: SAM's own 1024), in eval mode.
 
     The image encoder's absolute positions cover the S/16 grid, its windowed blocks use
-    ``compute_window_size`` and its relative-position tables have the matching lengths; load
+    ``compute_window_size`` (or ``window_size``: e.g. SAM's own 14 at any size, padded as
+    ``segment_anything`` pads, which is what stock SAM runs) and its relative-position tables
+    have the matching lengths; load
     weights with ``ssam.sam.checkpoint.adapt_state_dict``. Under ``torch.device("meta")`` this
     builds the structure without allocating weights.
     """
@@ -50,7 +52,7 @@ def build_sam(spec: SamSpec, image_size: int | None = None) -> Sam:
             qkv_bias=True,
             use_rel_pos=True,
             global_attn_indexes=spec.encoder_global_attn_indexes,
-            window_size=compute_window_size(spec, image_size),
+            window_size=window_size or compute_window_size(spec, image_size),
             out_chans=spec.prompt_embed_dim,
         ),
         prompt_encoder=PromptEncoder(
