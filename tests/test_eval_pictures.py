@@ -6,11 +6,10 @@ from __future__ import annotations
 import os
 import shutil
 
-import nibabel as nib
 import numpy as np
 import pytest
 from PIL import Image
-from tests.test_evaluate import _ssam, _train_and_evaluate
+from tests.test_evaluate import _ssam, _train_and_evaluate, small_ms_lesion_datasets
 from tests.test_train import TINY, link_nnunet_subset, link_subset
 
 from ssam.config.train import load_train_config
@@ -81,24 +80,7 @@ def test_worst_sheet_of_many_cases_and_labels_keeps_six(
 
 
 def test_volume_sheet_shows_a_slice(tmp_path, tiny_checkpoint, shared_data):
-    src = shared_data / "ms-lesions-mri"
-    root = tmp_path / "ms"
-    link_nnunet_subset(src, root, [], channels=0)
-    for case in ("patient07", "patient19"):
-        for sub, name in (("imagesTr", f"{case}_0000"), ("labelsTr", case)):
-            image = nib.load(src / sub / f"{name}.nii.gz")
-            data = np.asarray(image.dataobj)[::3, ::3, 60:120:4]
-            affine = image.affine @ np.diag([3.0, 3.0, 4.0, 1.0])
-            nib.save(nib.Nifti1Image(data, affine), root / sub / f"{name}.nii.gz")
-    datasets = [
-        {
-            "path": str(root),
-            "layout": "nnunet",
-            "channels": [0],
-            "intensity": {"preset": "mri"},
-            "split": {"val_fraction": 0.5},
-        }
-    ]
+    datasets = small_ms_lesion_datasets(shared_data, tmp_path / "ms")
     _, result = _train_and_evaluate(tmp_path, tiny_checkpoint, datasets, "batch_size=2")
     _check_worst_sheet(result.output_dir / "worst_cases.png", 1)
     _keep(*result.pictures)

@@ -65,18 +65,18 @@ def test_evaluate_nnunet_2d_every_label(tmp_path, tiny_checkpoint, shared_data):
     assert len(rows) == 3 * result.n_cases
 
 
-def test_evaluate_nifti_volume_in_mm(tmp_path, tiny_checkpoint, shared_data):
-    """Volumes are scored as volumes: a shrunken anisotropic copy keeps HD95 in mm."""
+def small_ms_lesion_datasets(shared_data: Path, root: Path) -> list[dict]:
+    """Two MS-lesion MRI volumes, downsampled to (61, 73, 15) voxels of 3x3x4 mm, as an nnU-Net
+    dataset in ``root`` split half/half: the datasets list of a config."""
     src = shared_data / "ms-lesions-mri"
-    root = tmp_path / "ms"
     link_nnunet_subset(src, root, [], channels=0)
     for case in ("patient07", "patient19"):
         for sub, name in (("imagesTr", f"{case}_0000"), ("labelsTr", case)):
             image = nib.load(src / sub / f"{name}.nii.gz")
-            data = np.asarray(image.dataobj)[::3, ::3, 60:120:4]  # (61, 73, 15), 3x3x4 mm
+            data = np.asarray(image.dataobj)[::3, ::3, 60:120:4]
             affine = image.affine @ np.diag([3.0, 3.0, 4.0, 1.0])
             nib.save(nib.Nifti1Image(data, affine), root / sub / f"{name}.nii.gz")
-    datasets = [
+    return [
         {
             "path": str(root),
             "layout": "nnunet",
@@ -85,6 +85,11 @@ def test_evaluate_nifti_volume_in_mm(tmp_path, tiny_checkpoint, shared_data):
             "split": {"val_fraction": 0.5},
         }
     ]
+
+
+def test_evaluate_nifti_volume_in_mm(tmp_path, tiny_checkpoint, shared_data):
+    """Volumes are scored as volumes: a shrunken anisotropic copy keeps HD95 in mm."""
+    datasets = small_ms_lesion_datasets(shared_data, tmp_path / "ms")
     _, result = _train_and_evaluate(tmp_path, tiny_checkpoint, datasets, "batch_size=2")
     rows = _read_rows(result.output_dir)
     assert len(rows) == 1 and rows[0]["label"] == "lesion"
