@@ -53,6 +53,17 @@ def test_header_bombs_fail_before_allocating(tmp_path, monkeypatch):
     monkeypatch.setenv("SSAM_MAX_VOXELS", "10000")
     with pytest.raises(DataError, match=r"big.tif: the header declares 200 x 200"):
         read_image(tiff)
+    dicom = write_dicom(tmp_path / "big.dcm", np.zeros((120, 120), np.uint16))
+    with pytest.raises(DataError, match=r"big.dcm: the header declares 120 x 120"):
+        read_image(dicom)  # DICOM files and series are held to the limit too
+    series = tmp_path / "series"
+    _series(series, "1.2.3.4", 3)
+    monkeypatch.setenv("SSAM_MAX_VOXELS", "1000")
+    with pytest.raises(DataError, match=r"series: the header declares 24 x 24 x 3"):
+        read_image(series)
+    monkeypatch.setenv("SSAM_MAX_VOXELS", "inf")
+    with pytest.raises(DataError, match=r"SSAM_MAX_VOXELS='inf' is not a number"):
+        read_image(tiff)
 
 
 def test_predict_names_every_bad_input(adapter, tiny_checkpoint, tmp_path):
@@ -111,3 +122,26 @@ def test_a_label_no_mask_contains_is_an_error(tmp_path):
     assert all(list(c.labels) == ["liver"] for c in cases)
     only_liver = load_cases(DatasetConfig(path=root, layout="nnunet", labels=["liver"]))
     assert len(only_liver) == 3
+
+
+def test_a_blank_training_image_fails_validation_not_an_epoch(tmp_path):
+    """A constant 2D image or an all-NaN volume is refused when the dataset is checked (naming
+    the file), before training starts; skip_bad drops it like any other bad case."""
+    root = tmp_path / "polyps"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    rng = np.random.default_rng(0)
+    for name in ("a", "b", "blank"):
+        pixels = rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)
+        if name == "blank":
+            pixels[:] = 0
+        Image.fromarray(pixels).save(root / "images" / f"{name}.png")
+        mask = np.zeros((32, 32), np.uint8)
+        mask[8:20, 8:20] = 255
+        Image.fromarray(mask).save(root / "masks" / f"{name}.png")
+    config = DatasetConfig(path=root, layout="folder", label="polyp")
+    with pytest.raises(DataError, match=r"blank\.png: every value is 0"):
+        load_cases(config)
+    with pytest.warns(UserWarning, match="blank"):
+        kept = load_cases(config.model_copy(update={"skip_bad": True}))
+    assert sorted(c.case_id for c in kept) == ["a", "b"]

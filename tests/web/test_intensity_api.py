@@ -3,6 +3,8 @@ its own mapping (a CT window) instead of the adapter's."""
 
 from __future__ import annotations
 
+import time
+
 import httpx
 import nibabel as nib
 import numpy as np
@@ -56,3 +58,27 @@ def test_the_api_warns_and_takes_a_ct_window(make_server, tmp_path):
             data={"labels": "polyp", "intensity": "mri"},
         )
         assert job.status_code == 202, job.text
+
+
+def test_a_blank_upload_is_a_clear_422(make_server, tmp_path):
+    """A constant image is the request's fault: 422 naming the problem, on /v1/segment and
+    as a job's error, never a 500 'internal error'."""
+    running = make_server()
+    path = tmp_path / "black.png"
+    from PIL import Image
+
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(path)
+    files = {"file": ("black.png", path.read_bytes(), "image/png")}
+    with httpx.Client(base_url=running.url, timeout=60) as http:
+        direct = http.post("/v1/segment", files=files, data={"labels": "polyp"})
+        assert direct.status_code == 422 and "constant image" in direct.text, direct.text
+        job = http.post("/v1/jobs", files=files, data={"labels": "polyp"})
+        assert job.status_code == 202, job.text
+        status = job.json()
+        for _ in range(200):
+            status = http.get(f"/v1/jobs/{job.json()['id']}").json()
+            if status["state"] not in ("queued", "running"):
+                break
+            time.sleep(0.05)
+        assert status["state"] == "failed" and "constant image" in str(status), status
+        assert "internal error" not in str(status)

@@ -11,11 +11,11 @@ from ssam.errors import ConfigError
 
 
 def demo_entry(
-    output_dir: Path = typer.Option(
-        Path("runs/demo"),
+    output_dir: Path | None = typer.Option(
+        None,
         "--output-dir",
         "-o",
-        help="run folder (a previous demo there is replaced)",
+        help="run folder, default runs/demo (a previous demo there is replaced)",
     ),
     old_output: Path | None = typer.Option(None, "--output", hidden=True),
     quick: bool = typer.Option(False, help="a seconds-long smoke run (tiny sizes)"),
@@ -39,7 +39,7 @@ def demo_entry(
     from ssam.cli.common import check_files, parse_labels, pick_output_dir
     from ssam.demo import DemoOptions, run_demo
 
-    output_dir = pick_output_dir(old_output=old_output, output_dir=output_dir)
+    output_dir = pick_output_dir(output_dir, old_output) or Path("runs/demo")
     labels = parse_labels(label)
     if labels is not None and len(labels) > 1:
         raise ConfigError(

@@ -138,9 +138,18 @@ def check_case(case: Case, check_values: bool = True) -> set[int] | None:
 
     Checks: every file readable (2D decoded, volumes by header), channels of one shape and
     at most 3 in all, mask shape (and volume affine) equal to the image's, and, with
-    ``check_values``, mask values binary (folder) or declared in dataset.json (nnunet).
+    ``check_values``, image values usable (``check_values_usable``: not all NaN, not
+    constant; volumes are read in full for it) and mask values binary (folder) or declared in
+    dataset.json (nnunet).
     """
-    props = [_image_properties(p) for p in case.image_paths]
+    props = []
+    for path in case.image_paths:
+        if check_values:  # a blank image must fail here, not mid-epoch in the data loader
+            array, properties = read_image(path)
+            check_values_usable(array, str(path))
+            props.append(properties)
+        else:
+            props.append(_image_properties(path))
     for other in props[1:]:
         if other.shape != props[0].shape:
             raise DataError(

@@ -97,8 +97,7 @@ def read_image(path: Path | str) -> tuple[np.ndarray, ImageProperties]:
     """
     path = Path(path)
     kind = _format_of(path)
-    if kind in ("raster", "nifti"):  # sizes from the header, before allocating anything
-        check_image_size(read_header(path))
+    check_image_size(read_header(path))  # sizes from the header, before allocating anything
     if kind == "raster":
         return read_raster(path)
     if kind == "dicom":
@@ -114,7 +113,7 @@ def max_image_values() -> int:
     raw = os.environ.get(MAX_VALUES_ENV, "")
     try:
         return int(float(raw)) if raw else DEFAULT_MAX_VALUES
-    except ValueError:
+    except (ValueError, OverflowError):
         raise DataError(f"{MAX_VALUES_ENV}={raw!r} is not a number") from None
 
 

@@ -24,6 +24,7 @@ from ssam.config.data import IntensityConfig
 from ssam.data.intensity_check import check_intensity, check_values_usable
 from ssam.data.properties import ImageProperties, take_slice
 from ssam.data.transforms import PreprocessInfo
+from ssam.errors import DataError
 from ssam.inference.label_maps import (
     compute_label_map,
     compute_label_sizes,
@@ -173,7 +174,10 @@ class SegmentationEngine:
         mapping instead of the adapter's (e.g. a CT window).
         """
         image, properties = upload.image, upload.properties
-        notes = check_values_usable(image, "the upload")
+        try:
+            notes = check_values_usable(image, "the upload")
+        except DataError as err:  # blank or all-NaN: the request's fault, a clear 422
+            raise Unprocessable(str(err)) from None
         intensity, value_range = self.predictor.intensity_mapping(image, properties, intensity)
         run = _Run(upload, intensity, value_range, len(names))
         with self._model_lock, torch.inference_mode():
