@@ -111,3 +111,21 @@ def test_reference_code_without_a_checkout_stops_with_one_line(
     assert len(err) == 1 and "--reference" in err[0] and "SVDSAM" in err[0]
     if given is not None:
         assert str((tmp_path / given).resolve()) in err[0]
+
+
+def test_backends_quick_times_every_backend_against_the_floor(bench_modules, tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    import backends
+
+    out = tmp_path / "backends.json"
+    backends.main(["--quick", "--rounds", "1", "--out", str(out)])
+    results = json.loads(out.read_text())
+    assert results["command"].startswith("python bench/backends.py --quick")
+    cells = {(r["backend"], r["batch"], r["threads"]) for r in results["rows"]}
+    backend_names = ("torch", "onnx", "onnx-int8")
+    assert cells == {(b, n, t) for b in backend_names for n in (1, 8) for t in (1, 2)}
+    for row in results["rows"]:
+        assert row["ms_per_image"] > 0 and row["floor_ms_per_image"] > 0
+    floor = results["floor"]
+    assert floor["encoder_flops"] > 0 and set(floor["matmul_gflops"]) == {"1", "2"}
+    assert "of floor" in capsys.readouterr().out

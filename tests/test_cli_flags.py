@@ -42,7 +42,7 @@ def test_help_of_every_command_is_clean():
         assert "<bool>" not in shown.stdout, command
         if command in WRITE_FOLDERS:
             assert "--output-dir" in shown.stdout, command
-    assert "<auto|rgb|minmax|ct|mri>" in _ssam("predict", "--help").stdout
+    assert "<trained|auto|rgb|minmax|ct|mri>" in _ssam("predict", "--help").stdout
     assert "<train|val|test|all>" in _ssam("evaluate", "--help").stdout
 
 
@@ -128,3 +128,11 @@ def test_old_output_spelling_still_works(adapter, tiny_checkpoint, tmp_path, kva
     assert "--output is deprecated" in done.stderr and "--output-dir" in done.stderr
     assert "torch threads: 1 (as asked)" in done.stderr
     assert any((tmp_path / "out").iterdir())
+
+
+def test_old_output_spelling_works_where_the_folder_has_a_default(tmp_path):
+    """``ssam demo`` has a default folder: the deprecated ``--output`` still chooses it."""
+    done = _ssam("demo", "--quick", "--output", tmp_path / "old")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "--output is deprecated" in done.stderr
+    assert (tmp_path / "old").is_dir() and any((tmp_path / "old").iterdir())

@@ -52,6 +52,31 @@ def test_evaluate_folder_layout(tmp_path, tiny_checkpoint, shared_data):
     assert summary["hd95_unit"] == "px"
     assert "both empty" in summary["empty_gt_policy"].lower()
     assert summary["labels"]["gland"]["n_cases"] == 2
+    assert "as the run split it (split.json)" in summary["splits"]["glas"]
+
+
+def test_evaluate_scores_the_runs_own_split(tmp_path, tiny_checkpoint, shared_data):
+    """An adapter's run folder records its split: evaluating it with settings that would split
+    otherwise (another seed here; a newer version's defaults in practice) still scores the
+    run's validation cases, never cases it trained on, and says so."""
+    root = link_subset(shared_data / "glas", tmp_path / "glas", 10)
+    datasets = [{"path": str(root), "layout": "folder", "label": "gland",
+                 "split": {"source": "fraction", "val_fraction": 0.3}}]  # fmt: skip
+    config, _ = _train_and_evaluate(tmp_path, tiny_checkpoint, datasets)
+    run = Path(config.output_dir)
+    trained_val = json.loads((run / "split.json").read_text())["glas"]["val"]
+    for seed in range(1, 20):  # a seed whose split differs from the run's
+        dataset = config.datasets[0]
+        split = dataset.split.model_copy(update={"seed": seed})
+        other = config.model_copy(
+            update={"datasets": [dataset.model_copy(update={"split": split})]}
+        )
+        if {c.case_id for c in select_split_cases(other, "val")["glas"]} != set(trained_val):
+            break
+    result = evaluate(other, run / "last.safetensors", "val", tmp_path / "again")
+    assert {r["case_id"] for r in _read_rows(result.output_dir)} == set(trained_val)
+    how = result.table.context["splits"]["glas"]
+    assert "as the run split it" in how and "would choose other cases" in how
 
 
 def test_evaluate_nnunet_2d_every_label(tmp_path, tiny_checkpoint, shared_data):

@@ -88,6 +88,17 @@ def test_predict_warns_loudly_and_reports(adapter, tiny_checkpoint, tmp_path):
     report = json.loads(next(out.glob("*.json")).read_text())
     assert report["intensity"] == "rgb"
     assert any("preset rgb clips" in w for w in report["warnings"])
+    # The warning's advice works: --intensity auto maps this input by its own type.
+    advised = subprocess.run(
+        [sys.executable, "-m", "ssam", "predict", str(volume), "-o", str(tmp_path / "auto"),
+         "--adapter", str(_rgb_adapter(adapter, tmp_path)), "--sam-checkpoint",
+         str(tiny_checkpoint), "--offline", "--no-progress", "--intensity", "auto"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert advised.returncode == 0, advised.stderr[-2000:]
+    assert "preset rgb clips" not in advised.stderr
+    report = json.loads(next((tmp_path / "auto").glob("*.json")).read_text())
+    assert report["intensity"] != "rgb"
 
 
 @pytest.mark.usefixtures("single_thread")

@@ -223,6 +223,7 @@ def test_bad_settings_fail_with_one_line(run, tmp_path, capsys):
         (["-l", " , "], "label list is empty"),
         (["--adapter", base[1], "--sam-checkpoint", other], "another base model"),
         (["--intensity", "ct"], "preset 'ct' needs"),
+        (["-l", "left kidney,Left_Kidney", "--save-masks"], "would write the same file"),
     ]
     for extra, message in cases:
         args = ["predict", str(inputs / "grey.png"), "-o", str(tmp_path), "--no-progress"]

@@ -37,6 +37,34 @@ def test_a_busy_process_is_seen_and_auto_backs_off():
     assert choose_threads("auto", seen) <= max(1, available_cpus() - 1)
 
 
+def _stat(*cpus: tuple[int, int]) -> str:
+    """A /proc/stat text whose per-CPU lines have the given (busy, idle) jiffies."""
+    lines = [f"cpu  {sum(b for b, _ in cpus)} 0 0 {sum(i for _, i in cpus)} 0 0 0 0 0 0"]
+    lines += [f"cpu{k} {b} 0 0 {i} 0 0 0 0 0 0" for k, (b, i) in enumerate(cpus)]
+    return "\n".join([*lines, "intr 1 2 3", "ctxt 5"]) + "\n"
+
+
+@pytest.mark.parametrize(("allowed", "expected"), [({0, 1}, 1.0), ({1}, 0.0), ({0}, 1.0)])
+def test_only_this_process_cpus_count_as_busy(monkeypatch, allowed, expected):
+    """Another job keeping CPU 0 busy takes nothing from a process pinned to CPU 1 (taskset,
+    SLURM, docker --cpuset-cpus)."""
+    texts = iter([_stat((100, 100), (0, 200)), _stat((300, 100), (0, 400))])  # cpu0 busy
+    monkeypatch.setattr("ssam.threads._read_stat", lambda: next(texts))
+    monkeypatch.setattr("ssam.threads.allowed_cpus", lambda: allowed)
+    assert measure_busy_cpus(0.0) == pytest.approx(expected)
+
+
+def test_launched_processes_share_the_cpus(monkeypatch):
+    before = torch.get_num_threads()
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    try:
+        count, line = apply_threads("auto")
+        assert count == max(1, available_cpus() // 2) and "shared by 2 processes" in line
+        assert apply_threads("auto", processes=1)[1].endswith("at start)")
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_apply_sets_torchs_count():
     before = torch.get_num_threads()
     try:

@@ -91,6 +91,36 @@ def check_files(**paths: Path | None) -> None:
             raise ConfigError(f"{flag} {path}: no such file; {_FILE_FIXES[name]}")
 
 
+def check_model_files(
+    adapter: Path | None,
+    merged: Path | None,
+    sam_checkpoint: Path | None,
+    clip_checkpoint: Path | None,
+) -> None:
+    """Exactly one of --adapter and --merged, and every given weights file exists."""
+    if (adapter is None) == (merged is None):
+        raise ConfigError("give exactly one of --adapter and --merged")
+    check_files(
+        adapter=adapter,
+        merged=merged,
+        sam_checkpoint=sam_checkpoint,
+        clip_checkpoint=clip_checkpoint,
+    )
+
+
+def label_list_option():
+    """``--label/-l`` of the commands that take ``--data``: a list, repeated or comma-separated."""
+    import typer
+
+    return typer.Option(
+        None,
+        "--label",
+        "-l",
+        help="label name(s) for --data (repeat, or comma-separate; nnU-Net layout: a subset, "
+        "default all; folder layout: exactly one)",
+    )
+
+
 def build_config(
     config: Path | None,
     data: Path | None,
@@ -147,24 +177,27 @@ def parse_threads(value: str | None) -> int | str | None:
     return count
 
 
-def use_threads(value: str | int | None) -> str:
+def use_threads(value: str | int | None, processes: int | None = None) -> str:
     """Apply ``--threads`` (None: auto) to torch; returns the line saying what was chosen,
-    for the caller to print once its inputs and model have loaded (an error stays one line)."""
+    for the caller to print once its inputs and model have loaded (an error stays one line).
+    ``processes``: how many processes of one launch share this machine's CPUs (default: as
+    the launcher says, ``ssam.threads.launched_locally``)."""
     from ssam.threads import apply_threads
 
     requested = parse_threads(value) if isinstance(value, str) else value
-    return apply_threads(requested)[1]
+    return apply_threads(requested, processes)[1]
 
 
 def build_intensity(
     preset: str, level: float | None, width: float | None
 ) -> IntensityConfig | None:
-    """``auto`` -> None (chosen per input); else the preset, with a CT window if given."""
+    """``trained`` -> None (the adapter's recorded mapping; auto where it records none); else
+    the preset (``auto``: chosen per input by its type), with a CT window if given."""
     from ssam.config.data import IntensityConfig
 
-    if preset == "auto":
-        if level is not None or width is not None:
-            raise ConfigError("--window-level/--window-width need --intensity ct")
+    if preset != "ct" and (level is not None or width is not None):
+        raise ConfigError("--window-level/--window-width need --intensity ct")
+    if preset == "trained":
         return None
     return IntensityConfig(preset=preset, window_level=level, window_width=width)
 
@@ -181,14 +214,7 @@ def load_predictor(
     """A predictor from an adapter (plus base files) or from a merged checkpoint."""
     from ssam.inference.predictor import SSAMPredictor
 
-    if (adapter is None) == (merged is None):
-        raise ConfigError("give exactly one of --adapter and --merged")
-    check_files(
-        adapter=adapter,
-        merged=merged,
-        sam_checkpoint=sam_checkpoint,
-        clip_checkpoint=clip_checkpoint,
-    )
+    check_model_files(adapter, merged, sam_checkpoint, clip_checkpoint)
     if merged is not None:
         return SSAMPredictor.from_merged(merged, None, clip_checkpoint, device, **kwargs)
     return SSAMPredictor.from_adapter(
@@ -206,10 +232,14 @@ def load_option_predictor(
     intensity: str,
     batch_size: int,
     window: tuple[float | None, float | None] = (None, None),
+    backend: str = "torch",
 ) -> SSAMPredictor:
     """The predictor that --adapter/--merged, --offline, --intensity (with a CT ``window`` of
-    level and width) and --batch-size describe: the model of ``ssam predict`` and ``serve``."""
-    return load_predictor(
+    level and width), --batch-size and --backend describe: the model of ``ssam predict`` and
+    ``serve``. An ONNX backend exports on first use (cached beside the model file)."""
+    from ssam.inference.backends import use_backend
+
+    predictor = load_predictor(
         adapter,
         merged,
         sam_checkpoint,
@@ -219,3 +249,6 @@ def load_option_predictor(
         intensity=build_intensity(intensity, *window),
         batch_size=batch_size,
     )
+    if backend != "torch":
+        print(use_backend(predictor, backend, adapter or merged), file=sys.stderr)
+    return predictor

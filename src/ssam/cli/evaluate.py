@@ -7,7 +7,8 @@ from pathlib import Path
 
 import typer
 
-from ssam.cli.choices import Split
+from ssam.cli.choices import Backend, Split
+from ssam.cli.common import label_list_option
 
 
 def evaluate_entry(
@@ -17,13 +18,7 @@ def evaluate_entry(
     ),
     split: Split = typer.Option("val", help="split to score (all: every labelled case)"),
     data: Path | None = typer.Option(None, help="one dataset folder, instead of a config"),
-    label: list[str] | None = typer.Option(
-        None,
-        "--label",
-        "-l",
-        help="label name(s) for --data (repeat, or comma-separate; nnU-Net layout: a subset, "
-        "default all; folder layout: exactly one)",
-    ),
+    label: list[str] | None = label_list_option(),
     output_dir: Path | None = typer.Option(
         None, "--output-dir", "-o", help="where metrics.csv and summary.json go"
     ),
@@ -37,6 +32,9 @@ def evaluate_entry(
         None, help="torch CPU threads: a number, or auto (default: the config's, auto)"
     ),
     set_: list[str] = typer.Option([], "--set", help="override any setting: key=value"),
+    backend: Backend = typer.Option(
+        "torch", help="where the model runs (onnx: onnxruntime, exported once and cached)"
+    ),
 ) -> None:
     """Score an adapter at the original resolution (volumes as volumes, HD95 in mm)."""
     from ssam.cli.common import (
@@ -64,6 +62,7 @@ def evaluate_entry(
         output_dir,
         batch_size,
         progress=cfg.progress,
+        backend=backend,
     )
     for name, how in result.table.context["splits"].items():
         typer.echo(f"{split} split of {name}: {how}", err=True)

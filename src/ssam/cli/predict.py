@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ssam.cli.choices import Intensity
+from ssam.cli.choices import Backend, IntensityOption
 from ssam.cli.common import parse_labels
 from ssam.errors import ConfigError
 
@@ -18,10 +18,13 @@ if TYPE_CHECKING:
     from ssam.inference.files import CaseOutcome
 
 
-def print_summary(outcomes: list[CaseOutcome], console: Console) -> None:
-    """A table of cases, then each failure on one unwrapped line: ``FAILED id (path): why``."""
+def print_summary(outcomes: list[CaseOutcome], console: Console, processes: int = 1) -> None:
+    """A table of cases, then each failure on one unwrapped line: ``FAILED id (path): why``.
+    With several ``processes``, the table says which process handled each case."""
     table = Table(title="ssam predict")
     table.add_column("case")
+    if processes > 1:
+        table.add_column("process", justify="right")
     table.add_column("status")
     table.add_column("label map / note", overflow="fold")
     styles = {"done": "green", "skipped": "yellow", "failed": "bold red"}
@@ -29,7 +32,8 @@ def print_summary(outcomes: list[CaseOutcome], console: Console) -> None:
         detail = "see below" if item.status == "failed" else item.reason
         if item.outputs and item.status == "done":
             detail = item.outputs[0].name
-        table.add_row(item.case_id, f"[{styles[item.status]}]{item.status}[/]", detail)
+        process = [str(item.process)] if processes > 1 else []
+        table.add_row(item.case_id, *process, f"[{styles[item.status]}]{item.status}[/]", detail)
     console.print(table)
     for item in outcomes:
         if item.status == "failed":
@@ -66,7 +70,11 @@ def predict_entry(
     ),
     batch_size: int = typer.Option(8, help="slices per image-encoder call"),
     axis: int = typer.Option(-1, help="volume axis to slice along (-1: the last)"),
-    intensity: Intensity = typer.Option("auto", help="intensity scaling preset"),
+    intensity: IntensityOption = typer.Option(
+        "trained",
+        help="intensity scaling: trained (the adapter's mapping), auto (chosen per input by "
+        "its stored type) or a preset",
+    ),
     window_level: float | None = typer.Option(None, help="CT window level (--intensity ct)"),
     window_width: float | None = typer.Option(None, help="CT window width (--intensity ct)"),
     save_probabilities: bool = typer.Option(False, help="also write per-label probabilities"),
@@ -76,22 +84,35 @@ def predict_entry(
     overlay: bool = typer.Option(True, help="write an overlay PNG per case"),
     overlay_slices: int = typer.Option(4, help="slices shown in a volume's overlay"),
     overwrite: bool = typer.Option(False, help="redo cases whose outputs exist"),
-    device: str = typer.Option("cpu", help="torch device"),
+    device: str = typer.Option(
+        "cpu",
+        help="torch device; launched as several processes (torchrun, accelerate launch): cpu, "
+        "or cuda for each process's own GPU",
+    ),
     offline: bool = typer.Option(False, help="never download weights"),
     progress: bool = typer.Option(True, help="show progress bars"),
     threads: str = typer.Option("auto", help="torch CPU threads: a number, or auto"),
+    backend: Backend = typer.Option(
+        "torch", help="where the model runs (onnx: onnxruntime, exported once and cached)"
+    ),
 ) -> None:
     """Segment each case by label name; write label maps, overlays and sizes (JSON).
 
     Exits with status 1 when any case failed (the summary names each with its reason).
     """
     from ssam.cli.common import (
-        check_files,
+        check_model_files,
         load_option_predictor,
         require_output_dir,
         use_threads,
     )
-    from ssam.inference.files import CaseOutcome, PredictOptions, predict_cases
+    from ssam.inference.distributed import (
+        finish_processes,
+        local_main_first,
+        predict_shared_cases,
+        start_processes,
+    )
+    from ssam.inference.files import CaseOutcome, PredictOptions
     from ssam.inference.inputs import discover_cases
 
     output_dir = require_output_dir(output_dir, old_output)
@@ -101,27 +122,26 @@ def predict_entry(
         named = "; ".join(f"{path}: {reason}" for path, reason in problems)
         raise ConfigError(f"no input to predict ({named})")
     outcomes = [CaseOutcome(Path(p).name, p, "failed", reason) for p, reason in problems]
-    if (adapter is None) == (merged is None):
-        raise ConfigError("give exactly one of --adapter and --merged")
-    check_files(
-        adapter=adapter,
-        merged=merged,
-        sam_checkpoint=sam_checkpoint,
-        clip_checkpoint=clip_checkpoint,
-    )
-    threads_line = use_threads(threads)
-    predictor = load_option_predictor(
-        adapter,
-        merged,
-        sam_checkpoint,
-        clip_checkpoint,
-        device,
-        offline,
-        intensity,
-        batch_size,
-        (window_level, window_width),
-    )
-    print(threads_line, file=sys.stderr)
+    check_model_files(adapter, merged, sam_checkpoint, clip_checkpoint)
+    processes = start_processes(device)  # one process unless launched as several
+    threads_line = use_threads(threads, processes.local_count)
+    with local_main_first(processes):  # downloads and caches once per machine
+        predictor = load_option_predictor(
+            adapter,
+            merged,
+            sam_checkpoint,
+            clip_checkpoint,
+            processes.device,
+            offline,
+            intensity,
+            batch_size,
+            (window_level, window_width),
+            backend,
+        )
+    if processes.is_main:
+        print(threads_line, file=sys.stderr)
+    if processes.is_main and processes.count > 1:
+        print(f"predicting with {processes.describe()}", file=sys.stderr)
     options = PredictOptions(
         output_dir=output_dir,
         labels=labels,
@@ -132,7 +152,10 @@ def predict_entry(
         overlay_slices=overlay_slices,
         overwrite=overwrite,
     )
-    outcomes += predict_cases(predictor, cases, options, show_progress=progress)
-    print_summary(outcomes, Console())
+    outcomes += predict_shared_cases(predictor, cases, options, processes, progress)
+    if processes.is_main:  # every process has all outcomes; the main one prints them
+        print_summary(outcomes, Console(), processes.count)
+        sys.stdout.flush()  # before a launcher may stop the processes that end first
+    finish_processes(processes)
     if any(o.status == "failed" for o in outcomes):
         raise typer.Exit(code=1)

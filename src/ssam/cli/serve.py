@@ -8,7 +8,7 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 
-from ssam.cli.choices import Intensity
+from ssam.cli.choices import Backend, IntensityOption
 from ssam.errors import ConfigError
 from ssam.web.settings import MIB, ServerSettings
 
@@ -55,7 +55,13 @@ def serve_entry(
     host: str = typer.Option("127.0.0.1", help="address to bind (default: this machine only)"),
     port: int = typer.Option(8000, min=1, max=65535, help="TCP port"),
     device: str = typer.Option("cpu", help="torch device"),
-    intensity: Intensity = typer.Option("auto", help="intensity scaling preset"),
+    intensity: IntensityOption = typer.Option(
+        "trained",
+        help="intensity scaling: trained (the adapter's mapping), auto (chosen per input by "
+        "its stored type) or a preset",
+    ),
+    window_level: float | None = typer.Option(None, help="CT window level (--intensity ct)"),
+    window_width: float | None = typer.Option(None, help="CT window width (--intensity ct)"),
     batch_size: int = typer.Option(4, min=1, help="slices per image-encoder call"),
     max_upload_mb: float = typer.Option(256.0, min=0.001, help="largest upload (MiB)"),
     max_pixels: int = typer.Option(40_000_000, min=1, help="largest 2D image (pixels)"),
@@ -82,6 +88,9 @@ def serve_entry(
     offline: bool = typer.Option(False, help="never download weights"),
     log_level: str = typer.Option("info", help="uvicorn log level"),
     threads: str = typer.Option("auto", help="torch CPU threads: a number, or auto"),
+    backend: Backend = typer.Option(
+        "torch", help="where the model runs (onnx: onnxruntime, exported once and cached)"
+    ),
 ) -> None:
     """Serve the web page and HTTP API: segment uploads by label name in a browser."""
     from ssam.cli.common import check_files, load_option_predictor, use_threads
@@ -120,7 +129,16 @@ def serve_entry(
     )
     threads_line = use_threads(threads)
     predictor = load_option_predictor(
-        adapter, merged, sam_checkpoint, clip_checkpoint, device, offline, intensity, batch_size
+        adapter,
+        merged,
+        sam_checkpoint,
+        clip_checkpoint,
+        device,
+        offline,
+        intensity,
+        batch_size,
+        (window_level, window_width),
+        backend=backend,
     )
     console.print(threads_line, highlight=False)
     app = create_app(predictor, settings, model_info(adapter, merged))

@@ -8,17 +8,13 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from ssam.cli.common import label_list_option
+
 
 def train_entry(
     config: Path | None = typer.Argument(None, help="YAML training config (see configs/)"),
     data: Path | None = typer.Option(None, help="one dataset folder, instead of a config's list"),
-    label: list[str] | None = typer.Option(
-        None,
-        "--label",
-        "-l",
-        help="label name(s) for --data (repeat, or comma-separate; nnU-Net layout: a subset, "
-        "default all; folder layout: exactly one)",
-    ),
+    label: list[str] | None = label_list_option(),
     output_dir: Path | None = typer.Option(None, "--output-dir", "-o", help="run folder"),
     old_output: Path | None = typer.Option(None, "--output", hidden=True),
     epochs: int | None = typer.Option(None, help="number of epochs"),

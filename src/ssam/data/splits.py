@@ -35,6 +35,7 @@ from ssam.data.io import read_header
 from ssam.errors import DataError
 
 SPLITS_FILE = "splits_final.json"
+RUN_SPLIT_FILE = "split.json"  # a run folder's record of the cases of each side (training)
 # PATIENT_SLICE: an id holding a digit, then "_" or "-", optional letters, and a number.
 DEFAULT_GROUP_PATTERN = r"^(.*\d.*)[_-][A-Za-z]*\d+$"
 _SPLIT_STREAM = 2  # keeps split seeds apart from other seeded streams

@@ -11,6 +11,7 @@ count is ``ssam.evaluation.metrics.EMPTY_GT_POLICY``, written into ``summary.jso
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -24,7 +25,7 @@ from ssam.config.train import TrainConfig
 from ssam.data.cases import Case, read_case_image, read_case_labels
 from ssam.data.io import NIFTI_SUFFIXES, file_suffix, read_header
 from ssam.data.layouts import load_cases
-from ssam.data.splits import split_dataset
+from ssam.data.splits import RUN_SPLIT_FILE, split_dataset
 from ssam.data.transforms import scale_intensity
 from ssam.errors import ConfigError, DataError
 from ssam.evaluation.metrics import compute_case_metrics
@@ -37,6 +38,7 @@ from ssam.evaluation.plots import (
 )
 from ssam.evaluation.report import MetricsTable
 from ssam.factory import create_model
+from ssam.inference.backends import use_backend
 from ssam.inference.predictor import SSAMPredictor
 
 Split = Literal["train", "val", "test", "all"]
@@ -53,11 +55,44 @@ class EvaluationResult:
     worst_cases: list[str] = field(default_factory=list)  # the worst sheet's rows, worst first
 
 
+def read_run_split(adapter: str | Path | None) -> dict | None:
+    """The ``split.json`` training wrote beside ``adapter`` (per dataset: how it was split and
+    the case ids of train and val), or None when there is none (or it is unreadable)."""
+    if adapter is None:
+        return None
+    try:
+        stored = json.loads((Path(adapter).parent / RUN_SPLIT_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return stored if isinstance(stored, dict) else None
+
+
+def _as_trained(
+    name: str, split: str, cases: list[Case], recomputed: list[Case], run: dict | None
+) -> tuple[list[Case], str] | None:
+    """The run's own ``split`` of dataset ``name`` from its ``split.json`` (None: not
+    recorded). It wins over the split computed today, whose rules or defaults may differ from
+    the run's: scoring a case the adapter was trained on as validation would inflate Dice."""
+    ids = ((run or {}).get(name) or {}).get(split)
+    if not isinstance(ids, list):
+        return None
+    by_id = {c.case_id: c for c in cases}
+    chosen = [by_id[i] for i in ids if i in by_id]
+    how = f"as the run split it ({RUN_SPLIT_FILE}): {len(chosen)} cases"
+    missing = len(ids) - len(chosen)
+    if missing:
+        how += f"; {missing} of its cases are no longer in the dataset"
+    if {c.case_id for c in recomputed} != {c.case_id for c in chosen}:
+        how += "; today's split settings would choose other cases"
+    return chosen, how
+
+
 def describe_split_cases(
-    config: TrainConfig, split: Split
+    config: TrainConfig, split: Split, run: dict | None = None
 ) -> tuple[dict[str, list[Case]], dict[str, str]]:
     """Per dataset: the cases of ``split``, split exactly as training split them (``all``:
-    every labelled case, train, val and labelled test cases), and how it was split."""
+    every labelled case, train, val and labelled test cases), and how it was split. ``run``:
+    a run's ``split.json`` (``read_run_split``), whose train and val case ids win."""
     if split not in SPLITS:
         raise ConfigError(f"split must be one of {', '.join(SPLITS)}, not {split!r}")
     selected, described = {}, {}
@@ -71,6 +106,9 @@ def describe_split_cases(
             continue
         parts = split_dataset(cases, dataset.split, dataset.path, test, name)
         selected[name], described[name] = list(getattr(parts, split)), parts.summary_line()
+        stored = _as_trained(name, split, cases, selected[name], run)
+        if stored is not None:
+            selected[name], described[name] = stored
     if not any(selected.values()):
         hint = "; --split all scores every labelled case" if split != "all" else ""
         raise DataError(f"no dataset has cases in the {split!r} split{hint}")
@@ -83,18 +121,23 @@ def select_split_cases(config: TrainConfig, split: Split) -> dict[str, list[Case
 
 
 def build_predictor(
-    config: TrainConfig, adapter: str | Path | None, batch_size: int
+    config: TrainConfig, adapter: str | Path | None, batch_size: int, backend: str = "torch"
 ) -> SSAMPredictor:
-    """The adapter's predictor; without one, the untrained model (fresh adapter: W' = W, the
-    text-affine layer as training initialises it from ``config.seed``): a baseline."""
+    """The adapter's predictor, its model run on ``backend`` (``ssam.inference.backends``);
+    without one, the untrained model (fresh adapter: W' = W, the text-affine layer as training
+    initialises it from ``config.seed``): a baseline, torch only."""
     if adapter is not None:
-        return SSAMPredictor.from_adapter(
+        predictor = SSAMPredictor.from_adapter(
             adapter,
             config.model.sam_checkpoint,
             config.model.clip_checkpoint,
             allow_download=config.model.allow_download,
             batch_size=batch_size,
         )
+        use_backend(predictor, backend, adapter)
+        return predictor
+    if backend != "torch":
+        raise ConfigError(f"--backend {backend} needs --adapter: the baseline runs in torch")
     torch.manual_seed(config.seed)  # as training does before building its model
     model = create_model(config.model)
     return SSAMPredictor(model, (), batch_size=batch_size)
@@ -162,21 +205,22 @@ def evaluate(
     on_case: Callable[[str], None] | None = None,
     pictures: bool = True,
     progress: bool = False,
+    backend: str = "torch",
 ) -> EvaluationResult:
     """Evaluate ``adapter`` (None: the untrained base model) on ``split`` of the datasets in
     ``config``; writes ``metrics.csv`` and ``summary.json`` into ``output_dir`` (default:
     beside the adapter, or ``<output_dir of the config>/eval-untrained-<split>``), and with
     ``pictures`` ``dice_per_case.png`` and ``worst_cases.png`` (the lowest-Dice cases).
     ``on_case`` is called with each case id once it is scored; ``progress``: a bar over the
-    cases on stderr."""
+    cases on stderr; ``backend``: where the model runs (torch, onnx, onnx-int8)."""
     if output_dir is None:
         base = Path(adapter).parent if adapter is not None else Path(config.output_dir)
         output_dir = (
             base / f"eval-{split}" if adapter is not None else base / f"eval-untrained-{split}"
         )
     output_dir = Path(output_dir)
-    cases, splits = describe_split_cases(config, split)
-    predictor = build_predictor(config, adapter, batch_size)
+    cases, splits = describe_split_cases(config, split, read_run_split(adapter))
+    predictor = build_predictor(config, adapter, batch_size, backend)
     model = str(adapter) if adapter is not None else UNTRAINED
     table = MetricsTable(
         hd95_unit=_hd95_unit([c for v in cases.values() for c in v]),
@@ -198,8 +242,9 @@ def evaluate(
                 worst = keep_worst(worst, view)
             for label, metrics in scores.items():
                 table.add(case.case_id, label, metrics, dataset=name)
-            if notes:
-                table.context.setdefault("warnings", {})[case.case_id] = notes
+            if notes:  # keyed DATASET/CASE where datasets could share case ids
+                key = f"{name}/{case.case_id}" if several else case.case_id
+                table.context.setdefault("warnings", {})[key] = notes
             bar.update()
             if on_case is not None:
                 on_case(case.case_id)

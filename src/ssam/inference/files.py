@@ -41,7 +41,7 @@ from ssam.atomic import write_bytes_atomic
 from ssam.data.io import NIFTI_SUFFIXES, file_suffix, read_image, write_label_map
 from ssam.data.properties import ImageProperties
 from ssam.data.transforms import scale_intensity
-from ssam.errors import SSAMError
+from ssam.errors import ConfigError, SSAMError
 from ssam.inference.inputs import InputCase
 from ssam.inference.label_maps import LABEL_MAP_RULE
 from ssam.inference.overlay import add_legend, blend_overlay, render_volume_overlay, save_png
@@ -67,7 +67,8 @@ class PredictOptions:
 
 @dataclass(frozen=True)
 class CaseOutcome:
-    """One case's result: ``done``, ``skipped`` (outputs existed) or ``failed`` (reason)."""
+    """One case's result: ``done``, ``skipped`` (outputs existed) or ``failed`` (reason);
+    ``process``: the index of the process that handled it, when several shared the cases."""
 
     case_id: str
     source: str
@@ -75,11 +76,28 @@ class CaseOutcome:
     reason: str = ""
     outputs: tuple[Path, ...] = field(default=())
     warnings: tuple[str, ...] = field(default=())
+    process: int = 0
 
 
 def safe_name(label: str) -> str:
     """A label name usable in a file name: runs of other characters become ``_``."""
     return re.sub(r"[^A-Za-z0-9.-]+", "_", label).strip("_") or "label"
+
+
+def check_file_names(labels: Sequence[str]) -> None:
+    """ConfigError when two labels would write the same per-label file (``safe_name``,
+    compared without case, as case-insensitive file systems do): one would overwrite the
+    other."""
+    seen: dict[str, str] = {}
+    for label in labels:
+        key = safe_name(label).lower()
+        if key in seen:
+            raise ConfigError(
+                f"labels {seen[key]!r} and {label!r} would write the same file "
+                f"(*_{safe_name(label)}.*): rename one, or leave out --save-masks and "
+                "--save-probabilities"
+            )
+        seen[key] = label
 
 
 def writes_nifti(path: Path) -> bool:
@@ -269,6 +287,8 @@ def predict_cases(
     The label list is resolved once (an empty or bad list fails before any case).
     """
     labels = predictor.resolve_labels(options.labels)
+    if options.save_masks or options.save_probabilities:
+        check_file_names(labels)
     options = replace(options, labels=labels)
     predictor.label_tokens(labels)  # a label the model cannot encode fails here, once
     options.output_dir.mkdir(parents=True, exist_ok=True)

@@ -124,6 +124,8 @@ class SSAMPredictor:
         self.intensity = intensity
         self.batch_size = batch_size
         self.input_stats = input_stats
+        # encode/decode_logits elsewhere (onnxruntime): ``ssam.inference.backends.use_backend``
+        self.runtime = None
 
     @classmethod
     def from_adapter(
@@ -214,11 +216,15 @@ class SSAMPredictor:
     @torch.inference_mode()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """Images (B, 3, S, S) normalised -> embeddings (B, C, h, w), one encoder call."""
+        if self.runtime is not None:
+            return self.runtime.encode(images)
         return self.model.encode_images(images.to(self.model.device))
 
     @torch.inference_mode()
     def decode_logits(self, embedding: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """One image's embedding (C, h, w) + tokens (L, 1, C) -> logits (L, S, S) float32."""
+        if self.runtime is not None:
+            return self.runtime.decode_logits(embedding, tokens)
         model = self.model
         return model.upscale(model.decode(embedding[None].to(model.device), tokens))[:, 0].float()
 

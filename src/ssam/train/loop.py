@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, default_collate
 from tqdm.auto import tqdm
 
 from ssam.config.train import TrainConfig, dump_train_config
+from ssam.data.splits import RUN_SPLIT_FILE
 from ssam.errors import ConfigError
 from ssam.evaluation.report import write_text_atomic
 from ssam.factory import create_model
@@ -147,7 +148,8 @@ class _Run:
             write_text_atomic(
                 self.run_dir / "config.yaml", self.split_header + dump_train_config(config)
             )
-            write_text_atomic(self.run_dir / "split.json", json.dumps(self.split_cases, indent=1))
+            split_json = json.dumps(self.split_cases, indent=1)
+            write_text_atomic(self.run_dir / RUN_SPLIT_FILE, split_json)
         self.model, self.optimizer = self.accelerator.prepare(model, self.optimizer)
         self.logger = RunLogger(
             self.run_dir,

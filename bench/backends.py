@@ -1,0 +1,295 @@
+"""Inference backends: PyTorch vs ONNX Runtime float32 vs ONNX Runtime int8 weights, per image,
+against the float32 floor; and the Dice int8 costs on real cases.
+
+    python bench/backends.py [--quick] [--rounds 5] [--out FILE]
+    python bench/backends.py --adapter RUN/best.safetensors (--config CFG | --data DIR --label
+        NAME [--base DEMO_RUN]) [--split val] [--out FILE]
+
+Speed (default): ViT-B at 256, seeded random base in the official layout, an adapter whose
+trainable tensors all moved a little, the tiny text tower (speed does not depend on values).
+Time per image of ``SSAMPredictor.predict_logits`` (encoder once per batch, decoder once per
+image for one label) for each backend at batch 1 and 8, at 1 and 2 threads, interleaved
+(``measure.time_interleaved``); medians, and per backend the median of the per-round ratios to
+torch at the same batch and threads ("paired"). The float32 floor: the model's FLOPs
+(``measure.count_flops``, encoder + decoder) over a 2048^3 float32 matmul's GFLOP/s at the
+same thread count, timed in the same interleaved rounds (so under the same load), i.e. the
+time if every operation ran at the speed of the best-tuned float32 kernel; below 1.0 in "of
+floor" means beating it. ``--quick``: tiny SAM at 64 (a smoke test). Writes
+``bench/results/backends_<variant>_<size>.json`` (or ``--out``).
+
+Dice (``--adapter``): ``ssam.evaluation.evaluate.evaluate`` on the same cases with each
+backend; per label the mean Dice and its change from torch. Decision rule: onnx-int8 ships
+only if no label's mean Dice drops by more than ``INT8_MAX_DICE_DROP`` (absolute).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from measure import count_flops, describe_machine, time_interleaved
+from ssam.config.model import ModelConfig
+from ssam.factory import create_model
+from ssam.inference.backends import BACKENDS, OnnxRuntimeModel, use_backend
+from ssam.inference.predictor import SSAMPredictor
+from ssam.tuning.adapter import save_adapter
+from summary import RESULTS, format_table
+from workloads import write_random_checkpoint
+
+INT8_MAX_DICE_DROP = 0.01
+BATCHES = (1, 8)
+THREADS = (1, 2)
+MATMUL = 2048  # the floor's float32 matmul: MATMUL^3, about 17 GFLOP
+
+
+def build_predictor(variant: str, size: int, folder: Path) -> tuple[SSAMPredictor, Path]:
+    """A predictor over a random base + an adapter with every trainable tensor moved a little
+    (so merging changes weights), and the adapter's path (the export is keyed by it)."""
+    base = write_random_checkpoint(variant, folder)
+    config = ModelConfig(
+        variant=variant,
+        image_size=size,
+        sam_checkpoint=base,
+        text_encoder="tiny",
+        allow_download=False,
+    )
+    torch.manual_seed(0)
+    model = create_model(config)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.requires_grad:
+                param.add_(0.02 * torch.randn_like(param))
+    adapter = save_adapter(model, folder / "adapter.safetensors", labels=["polyp"])
+    return SSAMPredictor.from_adapter(adapter, base), adapter
+
+
+def prepare_runtimes(predictor: SSAMPredictor, adapter: Path) -> tuple[dict, dict]:
+    """Sessions per (backend, threads) (torch: None), and each export's first-use seconds."""
+    runtimes: dict[tuple[str, int], OnnxRuntimeModel | None] = {}
+    export_s = {}
+    for backend in BACKENDS:
+        if backend == "torch":
+            runtimes.update({(backend, t): None for t in THREADS})
+            continue
+        start = time.perf_counter()
+        use_backend(predictor, backend, adapter)
+        export_s[backend] = time.perf_counter() - start
+        folder = predictor.runtime.folder
+        runtimes.update({(backend, t): OnnxRuntimeModel(folder, threads=t) for t in THREADS})
+    predictor.runtime = None
+    return runtimes, export_s
+
+
+def count_model_flops(predictor: SSAMPredictor) -> dict:
+    """FLOPs per image: the encoder, and the decoder for one label."""
+    size = predictor.image_size
+    image = torch.randn(1, 3, size, size)
+    tokens = predictor.label_tokens(["polyp"])
+    with torch.inference_mode():
+        embedding = predictor.encode(image)[0]
+        encoder = count_flops(lambda: predictor.encode(image))
+        decoder = count_flops(lambda: predictor.decode_logits(embedding, tokens))
+    return {"encoder_flops": encoder, "decoder_flops": decoder}
+
+
+def make_step(predictor, runtime, batch: int, threads: int):
+    """One ``predict_logits`` call on ``batch`` fixed random images with ``runtime``."""
+    size = predictor.image_size
+    images = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(batch))
+    tokens = predictor.label_tokens(["polyp"])
+
+    def step() -> None:
+        torch.set_num_threads(threads)
+        predictor.runtime = runtime
+        predictor.predict_logits(images, tokens)
+
+    return step
+
+
+def make_matmul(threads: int):
+    """One float32 (2048 x 2048) @ (2048 x 2048) at ``threads`` torch threads."""
+    a, b = torch.randn(MATMUL, MATMUL), torch.randn(MATMUL, MATMUL)
+
+    def step() -> None:
+        torch.set_num_threads(threads)
+        torch.mm(a, b)
+
+    return step
+
+
+def measure_speed(predictor, runtimes, flops: dict, rounds: int) -> tuple[list[dict], dict]:
+    """Rows per (backend, batch, threads): median ms per image, paired ratio to torch, and the
+    ratio to the float32 floor; the floor's matmul runs in the same interleaved rounds, so it
+    is measured under the same load. Also returns the matmul GFLOP/s per thread count."""
+    names = {
+        f"{b}|{n}|{t}": make_step(predictor, runtimes[(b, t)], n, t)
+        for n in BATCHES
+        for t in THREADS
+        for b in BACKENDS
+    }
+    names.update({f"matmul|{t}": make_matmul(t) for t in THREADS})
+    times = time_interleaved(names, rounds, warmup=1)
+    gflops = {
+        str(t): 2 * MATMUL**3 / statistics.median(times.pop(f"matmul|{t}")) / 1e9 for t in THREADS
+    }
+    total = flops["encoder_flops"] + flops["decoder_flops"]
+    rows = []
+    for name, samples in times.items():
+        backend, batch, threads = name.split("|")
+        batch = int(batch)
+        torch_samples = times[f"torch|{batch}|{threads}"]
+        paired = [s / r for s, r in zip(samples, torch_samples, strict=True)]
+        floor_ms = total / (gflops[threads] * 1e9) * 1e3
+        ms = statistics.median(samples) / batch * 1e3
+        rows.append(
+            {
+                "backend": backend,
+                "batch": batch,
+                "threads": int(threads),
+                "ms_per_image": ms,
+                "samples_s": samples,
+                "paired_ratio_to_torch": statistics.median(paired),
+                "floor_ms_per_image": floor_ms,
+                "ratio_to_floor": ms / floor_ms,
+            }
+        )
+    return rows, gflops
+
+
+def run_speed(args: argparse.Namespace, argv: list[str]) -> dict:
+    variant, size = ("tiny", 64) if args.quick else ("vit_b", 256)
+    with tempfile.TemporaryDirectory() as work:
+        predictor, adapter = build_predictor(variant, size, Path(work))
+        runtimes, export_s = prepare_runtimes(predictor, adapter)
+        floor = count_model_flops(predictor)
+        rows, floor["matmul_gflops"] = measure_speed(predictor, runtimes, floor, args.rounds)
+    table = [
+        [
+            r["backend"],
+            r["batch"],
+            r["threads"],
+            f"{r['ms_per_image']:.1f}",
+            f"{r['paired_ratio_to_torch']:.2f}",
+            f"{r['floor_ms_per_image']:.1f}",
+            f"{r['ratio_to_floor']:.2f}",
+        ]
+        for r in sorted(rows, key=lambda r: (r["batch"], r["threads"], r["backend"]))
+    ]
+    headers = ["backend", "batch", "threads", "ms/image", "vs torch", "floor ms", "of floor"]
+    gflop = (floor["encoder_flops"] + floor["decoder_flops"]) / 1e9
+    print(f"predict_logits, {variant} at {size}, 1 label: {gflop:.2f} GFLOP per image")
+    print(f"(medians of {args.rounds} interleaved rounds; vs torch: paired per-round ratio)")
+    print(format_table(headers, table))
+    rates = ", ".join(f"{t} thread(s) {g:.0f}" for t, g in floor["matmul_gflops"].items())
+    print(f"float32 floor: {MATMUL}^3 matmul GFLOP/s, {rates}")
+    print("first-use export: " + ", ".join(f"{k} {v:.1f} s" for k, v in export_s.items()))
+    return {
+        "variant": variant,
+        "image_size": size,
+        "rounds": args.rounds,
+        "floor": floor,
+        "export_s": export_s,
+        "rows": rows,
+        "default_out": RESULTS / f"backends_{variant}_{size}.json",
+    }
+
+
+def compare_dice(
+    train_config, adapter: Path, split: str, backends=BACKENDS, out: Path | None = None
+) -> dict:
+    """Per backend, ``evaluate`` on ``split``; per label the mean Dice, its change from torch
+    (negative: worse), the largest per-case change, and the verdict of the decision rule."""
+    from ssam.evaluation.evaluate import evaluate
+
+    scores: dict[str, dict[tuple[str, str], float]] = {}
+    for backend in backends:
+        with tempfile.TemporaryDirectory() as work:
+            result = evaluate(
+                train_config, adapter, split, out or Path(work), pictures=False, backend=backend
+            )
+        scores[backend] = {(row.case_id, row.label): row.dice for row in result.table.rows}
+    labels = sorted({label for _, label in scores["torch"]})
+
+    def mean(backend: str, label: str) -> float:
+        return statistics.fmean(d for (_, k), d in scores[backend].items() if k == label)
+
+    mean_dice = {b: {label: mean(b, label) for label in labels} for b in backends}
+    change = {
+        b: {label: mean_dice[b][label] - mean_dice["torch"][label] for label in labels}
+        for b in backends
+        if b != "torch"
+    }
+    case_change = {
+        b: max(abs(d - scores["torch"][key]) for key, d in scores[b].items())
+        for b in backends
+        if b != "torch"
+    }
+    worst = min(change.get("onnx-int8", {"": 0.0}).values())
+    return {
+        "mean_dice": mean_dice,
+        "dice_change": change,
+        "max_case_abs_change": case_change,
+        "n_cases": result.n_cases,
+        "int8_worst_change": worst,
+        "int8_ships": worst >= -INT8_MAX_DICE_DROP,
+        "rule": f"ship onnx-int8 only if no label's mean Dice drops by > {INT8_MAX_DICE_DROP}",
+    }
+
+
+def run_dice(args: argparse.Namespace) -> dict:
+    from ssam.cli.common import build_config
+
+    labels = (args.label,) if args.label else None
+    config = build_config(args.config, args.data, labels, [], base=args.base, offline=True)
+    result = compare_dice(config, args.adapter, args.split)
+    for backend, change in result["dice_change"].items():
+        for label, delta in change.items():
+            dice = result["mean_dice"][backend][label]
+            torch_dice = result["mean_dice"]["torch"][label]
+            print(f"{label}: torch {torch_dice:.4f}, {backend} {dice:.4f} ({delta:+.4f})")
+    print(f"{result['n_cases']} cases; {result['rule']}: {result['int8_ships']}")
+    name = (args.data or args.config).resolve().name
+    return {
+        **result,
+        "adapter": str(args.adapter),
+        "split": args.split,
+        "default_out": RESULTS / f"backends_dice_{name}.json",
+    }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny SAM at 64 (smoke run)")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--out", type=Path, default=None, help="JSON file to write")
+    parser.add_argument("--adapter", type=Path, help="measure Dice per backend instead")
+    parser.add_argument("--config", type=Path, help="training config naming the data")
+    parser.add_argument("--data", type=Path, help="one dataset folder instead of --config")
+    parser.add_argument("--label", help="the label of a folder dataset")
+    parser.add_argument("--base", type=Path, help="a finished `ssam demo` run as the base")
+    parser.add_argument("--split", default="val")
+    args = parser.parse_args(argv)
+    argv = argv if argv is not None else sys.argv[1:]
+    result = run_dice(args) if args.adapter else run_speed(args, argv)
+    out = args.out or result.pop("default_out")
+    result.pop("default_out", None)
+    result = {
+        "command": "python bench/backends.py " + shlex.join(argv),
+        "machine": describe_machine(torch.get_num_threads()),
+        **result,
+    }
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"written: {out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
