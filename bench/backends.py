@@ -36,13 +36,10 @@ from pathlib import Path
 import torch
 
 from measure import count_flops, describe_machine, time_interleaved
-from ssam.config.model import ModelConfig
-from ssam.factory import create_model
 from ssam.inference.backends import BACKENDS, OnnxRuntimeModel, use_backend
 from ssam.inference.predictor import SSAMPredictor
-from ssam.tuning.adapter import save_adapter
 from summary import RESULTS, format_table
-from workloads import write_random_checkpoint
+from workloads import write_moved_adapter
 
 INT8_MAX_DICE_DROP = 0.01
 BATCHES = (1, 8)
@@ -53,21 +50,7 @@ MATMUL = 2048  # the floor's float32 matmul: MATMUL^3, about 17 GFLOP
 def build_predictor(variant: str, size: int, folder: Path) -> tuple[SSAMPredictor, Path]:
     """A predictor over a random base + an adapter with every trainable tensor moved a little
     (so merging changes weights), and the adapter's path (the export is keyed by it)."""
-    base = write_random_checkpoint(variant, folder)
-    config = ModelConfig(
-        variant=variant,
-        image_size=size,
-        sam_checkpoint=base,
-        text_encoder="tiny",
-        allow_download=False,
-    )
-    torch.manual_seed(0)
-    model = create_model(config)
-    with torch.no_grad():
-        for param in model.parameters():
-            if param.requires_grad:
-                param.add_(0.02 * torch.randn_like(param))
-    adapter = save_adapter(model, folder / "adapter.safetensors", labels=["polyp"])
+    base, adapter = write_moved_adapter(variant, size, folder, ["polyp"])
     return SSAMPredictor.from_adapter(adapter, base), adapter
 
 

@@ -38,16 +38,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ssam.config.model import ModelConfig
-from ssam.factory import create_model
 from ssam.inference.merge import merge_adapter
 from ssam.inference.predictor import SSAMPredictor
 from ssam.model import SSAM
-from ssam.sam.build import build_random_sam, build_sam
-from ssam.sam.checkpoint import load_sam_weights, save_state_dict
+from ssam.sam.build import build_sam
+from ssam.sam.checkpoint import load_sam_weights
 from ssam.sam.variants import get_sam_spec
 from ssam.text import TextAffine
-from ssam.tuning.adapter import save_adapter
+from workloads import write_moved_adapter
 
 SAME_LAYOUT, STOCK = "sam_same_layout", "sam_stock"
 LABEL_NAMES = ("liver", "kidney", "spleen", "pancreas", "lung", "heart", "polyp", "gland")
@@ -58,21 +56,7 @@ def build_predictors(
 ) -> dict[str, SSAMPredictor]:
     """Plain SAM, merged and adapted predictors over one random base and one adapter."""
     spec = get_sam_spec(variant)
-    base = save_state_dict(build_random_sam(spec, seed=0).state_dict(), folder / "base.pth")
-    config = ModelConfig(
-        variant=variant,
-        image_size=size,
-        sam_checkpoint=base,
-        text_encoder="tiny",
-        allow_download=False,
-    )
-    torch.manual_seed(0)
-    model = create_model(config)
-    with torch.no_grad():  # a non-trivial adapter: every trainable tensor moved a little
-        for param in model.parameters():
-            if param.requires_grad:
-                param.add_(0.02 * torch.randn_like(param))
-    adapter = save_adapter(model, folder / "adapter.safetensors", labels=list(labels))
+    base, adapter = write_moved_adapter(variant, size, folder, list(labels))
     merged = merge_adapter(adapter, folder / "merged.pth", base)
     plain = {}
     for name, window in ((SAME_LAYOUT, None), (STOCK, spec.window_size)):

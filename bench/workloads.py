@@ -71,6 +71,25 @@ class BenchSetup:
     clip_checkpoint: str
 
 
+def write_moved_adapter(
+    variant: str, size: int, folder: Path, labels: list[str]
+) -> tuple[Path, Path]:
+    """A random base (``write_random_checkpoint``) and an adapter on it with every trainable
+    tensor moved a little (so merging changes weights), tiny text tower: (base, adapter)."""
+    base = write_random_checkpoint(variant, folder)
+    config = ModelConfig(
+        variant=variant, image_size=size, sam_checkpoint=base, text_encoder="tiny",
+        allow_download=False,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = create_model(config)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.requires_grad:
+                param.add_(0.02 * torch.randn_like(param))
+    return base, save_adapter(model, folder / "adapter.safetensors", labels=labels)
+
+
 def write_random_clip(folder: Path, seed: int = 0) -> Path:
     """Seeded random weights of ``TEXT_ENCODER``'s text tower, as an open_clip state dict."""
     torch.manual_seed(seed)

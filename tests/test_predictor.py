@@ -237,8 +237,10 @@ def test_merged_and_adapted_predictors_agree(predictor, adapter, tiny_checkpoint
     )
 
 
-def test_speed_benchmark_quick_mode_runs(capsys):
-    bench = runpy.run_path(str(Path(__file__).parents[1] / "bench" / "predict_speed.py"))
+def test_speed_benchmark_quick_mode_runs(capsys, monkeypatch):
+    folder = Path(__file__).parents[1] / "bench"
+    monkeypatch.syspath_prepend(str(folder))  # as when run as a script: its helpers beside it
+    bench = runpy.run_path(str(folder / "predict_speed.py"))
     assert bench["main"](["--quick", "--rounds", "1", "--labels", "3"]) == 0
     out = capsys.readouterr().out
     assert "encoder 1 call(s) on 1 image(s)" in out and "merged / same layout" in out

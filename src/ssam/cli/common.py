@@ -121,6 +121,17 @@ def label_list_option():
     )
 
 
+def intensity_option():
+    """``--intensity`` of predict and serve (``ssam.cli.choices.IntensityOption``)."""
+    import typer
+
+    return typer.Option(
+        "trained",
+        help="intensity scaling: trained (the adapter's mapping), auto (chosen per input by "
+        "its stored type) or a preset",
+    )
+
+
 def build_config(
     config: Path | None,
     data: Path | None,

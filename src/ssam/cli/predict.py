@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ssam.cli.choices import Backend, IntensityOption
-from ssam.cli.common import parse_labels
+from ssam.cli.common import intensity_option, parse_labels
 from ssam.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -70,11 +70,7 @@ def predict_entry(
     ),
     batch_size: int = typer.Option(8, help="slices per image-encoder call"),
     axis: int = typer.Option(-1, help="volume axis to slice along (-1: the last)"),
-    intensity: IntensityOption = typer.Option(
-        "trained",
-        help="intensity scaling: trained (the adapter's mapping), auto (chosen per input by "
-        "its stored type) or a preset",
-    ),
+    intensity: IntensityOption = intensity_option(),
     window_level: float | None = typer.Option(None, help="CT window level (--intensity ct)"),
     window_width: float | None = typer.Option(None, help="CT window width (--intensity ct)"),
     save_probabilities: bool = typer.Option(False, help="also write per-label probabilities"),

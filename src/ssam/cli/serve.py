@@ -9,6 +9,7 @@ from pydantic import ValidationError
 from rich.console import Console
 
 from ssam.cli.choices import Backend, IntensityOption
+from ssam.cli.common import intensity_option
 from ssam.errors import ConfigError
 from ssam.web.settings import MIB, ServerSettings
 
@@ -55,11 +56,7 @@ def serve_entry(
     host: str = typer.Option("127.0.0.1", help="address to bind (default: this machine only)"),
     port: int = typer.Option(8000, min=1, max=65535, help="TCP port"),
     device: str = typer.Option("cpu", help="torch device"),
-    intensity: IntensityOption = typer.Option(
-        "trained",
-        help="intensity scaling: trained (the adapter's mapping), auto (chosen per input by "
-        "its stored type) or a preset",
-    ),
+    intensity: IntensityOption = intensity_option(),
     window_level: float | None = typer.Option(None, help="CT window level (--intensity ct)"),
     window_width: float | None = typer.Option(None, help="CT window width (--intensity ct)"),
     batch_size: int = typer.Option(4, min=1, help="slices per image-encoder call"),
