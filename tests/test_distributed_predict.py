@@ -209,7 +209,8 @@ def test_two_processes_share_the_cases_and_match_one(
     }
     assert "FAILED broken" in first.stdout and "6 done, 0 skipped, 1 failed" in first.stdout
     outputs = files_of(shared)
-    assert len([name for name in outputs if name.endswith(".json")]) == 6
+    assert len([name for name in outputs if name.endswith(".labels.json")]) == 6
+    assert len([name for name in outputs if name.endswith(".json")]) == 12  # case + labels
     # byte for byte what one process writes: label maps, overlays, case JSONs
     assert outputs == files_of(tmp_path / "one")
 

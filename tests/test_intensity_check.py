@@ -85,7 +85,7 @@ def test_predict_warns_loudly_and_reports(adapter, tiny_checkpoint, tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert "WARNING" in done.stderr and "preset rgb clips" in done.stderr
     assert "WARNING ct: " in done.stdout  # again in the summary
-    report = json.loads(next(out.glob("*.json")).read_text())
+    report = json.loads((out / "ct.json").read_text())
     assert report["intensity"] == "rgb"
     assert any("preset rgb clips" in w for w in report["warnings"])
     # The warning's advice works: --intensity auto maps this input by its own type.
@@ -97,7 +97,7 @@ def test_predict_warns_loudly_and_reports(adapter, tiny_checkpoint, tmp_path):
     )  # fmt: skip
     assert advised.returncode == 0, advised.stderr[-2000:]
     assert "preset rgb clips" not in advised.stderr
-    report = json.loads(next((tmp_path / "auto").glob("*.json")).read_text())
+    report = json.loads((tmp_path / "auto" / "ct.json").read_text())
     assert report["intensity"] != "rgb"
 
 

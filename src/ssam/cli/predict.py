@@ -80,6 +80,12 @@ def predict_entry(
     overlay: bool = typer.Option(True, help="write an overlay PNG per case"),
     overlay_slices: int = typer.Option(4, help="slices shown in a volume's overlay"),
     overwrite: bool = typer.Option(False, help="redo cases whose outputs exist"),
+    dicom_seg: bool = typer.Option(
+        False,
+        "--dicom-seg",
+        help="also write ID.seg.dcm for DICOM inputs (series folders, single files): a DICOM-SEG "
+        "referencing the source instances, one segment per label",
+    ),
     device: str = typer.Option(
         "cpu",
         help="torch device; launched as several processes (torchrun, accelerate launch): cpu, "
@@ -147,6 +153,7 @@ def predict_entry(
         overlay=overlay,
         overlay_slices=overlay_slices,
         overwrite=overwrite,
+        dicom_seg=dicom_seg,
     )
     outcomes += predict_shared_cases(predictor, cases, options, processes, progress)
     if processes.is_main:  # every process has all outcomes; the main one prints them

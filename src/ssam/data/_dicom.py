@@ -131,6 +131,19 @@ def read_dicom_file_header(path: Path) -> ImageProperties:
     return _file_properties(ds, path, int(ds.get("SamplesPerPixel", 1) or 1))
 
 
+def read_dicom_source_headers(path: Path) -> list[Dataset]:
+    """The DICOM headers (no pixel data) behind an image read from ``path``, one per slice in
+    the order of its K axis: the single file's, or a series' slices sorted as
+    `read_dicom_series` sorts them (what a DICOM-SEG references, frame by frame)."""
+    if path.is_dir():
+        items, _ = _sort_series(_load_series(path, pixels=False), path)
+        return [ds for _, ds in items]
+    with reading(path, "DICOM header"):
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+    _check_single_frame(ds, path)
+    return [ds]
+
+
 def _series_files(folder: Path) -> list[Path]:
     files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
     files = [p for p in files if p.name.upper() != "DICOMDIR"]

@@ -7,6 +7,7 @@ anything truly 4D (time series, channels in one file) is a DataError.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import nibabel as nib
@@ -16,6 +17,7 @@ from ssam.data.properties import ImageProperties, reading
 from ssam.errors import DataError
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
+DESCRIP_BYTES = 80
 
 
 def _spatial_shape(shape: tuple[int, ...], path: Path) -> tuple[int, int, int]:
@@ -75,8 +77,24 @@ def read_nifti(path: Path) -> tuple[np.ndarray, ImageProperties]:
     return data[None], _properties(image, path, str(data.dtype))
 
 
-def write_nifti(labels: np.ndarray, properties: ImageProperties, path: Path) -> None:
-    """Write an (I, J, K) integer label map with the source's affine and header."""
+def describe_label_names(names: Sequence[str]) -> bytes:
+    """The header's ``descrip`` (80 bytes, ASCII) for a label map: ``labels 1=liver 2=kidney``,
+    or ``N labels, names in the .labels.json beside it`` when they do not fit."""
+    text = "labels " + " ".join(f"{k}={name}" for k, name in enumerate(names, 1))
+    if len(text) > DESCRIP_BYTES:
+        text = f"{len(names)} labels, names in the .labels.json beside it"
+    return text.encode("ascii", "replace")[:DESCRIP_BYTES]
+
+
+def write_nifti(
+    labels: np.ndarray, properties: ImageProperties, path: Path, label_names: Sequence[str] = ()
+) -> None:
+    """Write an (I, J, K) integer label map with the source's affine and header.
+
+    With ``label_names`` (value k is ``label_names[k - 1]``) the header says so where NIfTI-1
+    has a place: intent NIFTI_INTENT_LABEL (code 1002, intent_name "label") and the names in
+    ``descrip`` (80 bytes: a summary when they do not fit).
+    """
     source = properties.header
     if isinstance(source, nib.Nifti2Header):
         image_type, header = nib.Nifti2Image, source.copy()
@@ -87,6 +105,9 @@ def write_nifti(labels: np.ndarray, properties: ImageProperties, path: Path) -> 
     header.set_data_dtype(labels.dtype)
     header.set_slope_inter(None, None)
     header["cal_min"], header["cal_max"] = 0, float(labels.max()) if labels.size else 0.0
+    if label_names:
+        header.set_intent("label", (), name="label")
+        header["descrip"] = describe_label_names(label_names)
     image = image_type(labels, properties.affine, header=header)
     if not isinstance(source, nib.Nifti1Header):
         # Fresh header (DICOM or 2D source): declare the affine as scanner coordinates.

@@ -21,6 +21,7 @@ a 4D volume or a varying alpha channel is a DataError naming the file.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -32,6 +33,7 @@ from ssam.data._dicom import (
     read_dicom_file_header,
     read_dicom_series,
     read_dicom_series_header,
+    read_dicom_source_headers,
 )
 from ssam.data._nifti import NIFTI_SUFFIXES, read_nifti, read_nifti_header, write_nifti
 from ssam.data._raster import (
@@ -52,6 +54,7 @@ __all__ = [
     "label_map_suffix",
     "read_header",
     "read_image",
+    "read_dicom_source_headers",
     "read_mask",
     "take_slice",
     "write_label_map",
@@ -188,7 +191,12 @@ def label_map_suffix(properties: ImageProperties) -> str:
     return ".png" if properties.kind == "2d" else ".nii.gz"
 
 
-def write_label_map(labels: np.ndarray, properties: ImageProperties, path: Path | str) -> Path:
+def write_label_map(
+    labels: np.ndarray,
+    properties: ImageProperties,
+    path: Path | str,
+    label_names: Sequence[str] = (),
+) -> Path:
     """Write a label map with the geometry of the image it was predicted from.
 
     Args:
@@ -197,6 +205,8 @@ def write_label_map(labels: np.ndarray, properties: ImageProperties, path: Path 
         properties: from `read_image` / `read_mask` of the source image.
         path: .png / .tif(f) (2D only, 8-bit or 16-bit) or .nii / .nii.gz (any; the
             source's affine, and its NIfTI header if it had one).
+        label_names: the name of each value 1..L; NIfTI files then carry them in the header
+            (intent "label", ``descrip``); PNG and TIFF have no place for them.
 
     Returns:
         The path written.
@@ -213,7 +223,7 @@ def write_label_map(labels: np.ndarray, properties: ImageProperties, path: Path 
     labels = to_label_map(labels, path)
     suffix = file_suffix(path)
     if suffix in NIFTI_SUFFIXES:
-        write_nifti(labels, properties, path)
+        write_nifti(labels, properties, path, label_names)
         return path
     if not properties.is_2d:
         raise DataError(f"{path}: a volume of shape {properties.shape} needs .nii or .nii.gz")

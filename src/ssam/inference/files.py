@@ -3,9 +3,13 @@
 Per case ``ID`` (the file name without its suffix, or the DICOM series folder's name), in
 the output folder:
 
-* ``ID.png`` (2D) or ``ID.nii.gz`` (volumes, with the source's affine, header and shape):
-  the label map, values 1..L in the order of the labels, 0 background; one label per pixel,
-  the most probable among those >= 0.5 (``LABEL_MAP_RULE``), so overlaps show one label;
+* ``ID.png`` (2D PNG/JPEG/TIFF/BMP) or ``ID.nii.gz`` (NIfTI, DICOM series and single DICOM
+  files, with the source's affine, header and shape): the label map, values 1..L in the order
+  of the labels, 0 background; one label per pixel, the most probable among those >= 0.5
+  (``LABEL_MAP_RULE``), so overlaps show one label. NIfTI label maps name the labels in their
+  header (intent "label", ``descrip``);
+* ``ID.labels.json``: what each value means, ``{"labels": [{"value": 1, "name": "liver",
+  "color": [r, g, b]}, ...], "background": 0}``, colours as in the overlay's legend;
 * ``ID_overlay.png``: the image with the label map on top (volumes: the slices with most
   foreground, tiled) and a legend;
 * ``ID_prob_LABEL.png`` (probability x 255, 8-bit) or ``ID_prob_LABEL.nii.gz`` (float32),
@@ -16,7 +20,9 @@ the output folder:
 * ``ID.json``, written last: each label's pixel count and area in mm^2 (2D), or voxel count
   and volume in mL (volumes), counted on the label's own mask (not the label map), so the
   same whatever other labels are asked for; area/volume are null where the source states no
-  spacing. Also the label map's rule and, with ``save_masks``, the mask file of each label.
+  spacing. Also the label map's rule and, with ``save_masks``, the mask file of each label;
+* ``ID.seg.dcm``, with ``dicom_seg`` and DICOM inputs only: the label map as a DICOM-SEG
+  referencing the source instances (`ssam.inference.dicom_seg`); other inputs get a warning.
 
 A case whose outputs all exist is skipped unless ``overwrite``. A case that fails (unreadable
 or unsupported input, bad geometry) is recorded with its reason and the others go on.
@@ -38,13 +44,25 @@ from PIL import Image
 from tqdm import tqdm
 
 from ssam.atomic import write_bytes_atomic
-from ssam.data.io import NIFTI_SUFFIXES, file_suffix, read_image, write_label_map
+from ssam.data.io import (
+    DICOM_SUFFIXES,
+    NIFTI_SUFFIXES,
+    file_suffix,
+    read_image,
+    write_label_map,
+)
 from ssam.data.properties import ImageProperties
 from ssam.data.transforms import scale_intensity
 from ssam.errors import ConfigError, SSAMError
 from ssam.inference.inputs import InputCase
 from ssam.inference.label_maps import LABEL_MAP_RULE
-from ssam.inference.overlay import add_legend, blend_overlay, render_volume_overlay, save_png
+from ssam.inference.overlay import (
+    add_legend,
+    blend_overlay,
+    label_colours,
+    render_volume_overlay,
+    save_png,
+)
 from ssam.inference.predictor import Segmentation, SSAMPredictor
 
 # Per-case failures that are the input's fault (or its size); anything else is a bug and stops.
@@ -63,6 +81,7 @@ class PredictOptions:
     overlay: bool = True
     overlay_slices: int = 4
     overwrite: bool = False
+    dicom_seg: bool = False
 
 
 @dataclass(frozen=True)
@@ -101,13 +120,30 @@ def check_file_names(labels: Sequence[str]) -> None:
 
 
 def writes_nifti(path: Path) -> bool:
-    """NIfTI files and DICOM series folders get NIfTI outputs (their geometry kept); 2D
-    formats (PNG, JPEG, TIFF, BMP, single DICOM files) get PNG."""
-    return path.is_dir() or file_suffix(path) in NIFTI_SUFFIXES
+    """NIfTI files, DICOM series folders and single DICOM files get NIfTI outputs (their
+    geometry kept: spacing, position, orientation); PNG, JPEG, TIFF and BMP get PNG."""
+    return path.is_dir() or file_suffix(path) in NIFTI_SUFFIXES + DICOM_SUFFIXES
+
+
+def writes_dicom_seg(path: Path, options: PredictOptions) -> bool:
+    """A DICOM-SEG is asked for and the input is DICOM (a series folder or a single file)."""
+    return options.dicom_seg and (path.is_dir() or file_suffix(path) in DICOM_SUFFIXES)
+
+
+def describe_labels(labels: Sequence[str]) -> dict:
+    """The label map's key (``ID.labels.json``): value, name and overlay colour (RGB 0-255,
+    ``label_colours``, as the legend shows it) of each label, and the background value."""
+    colours = label_colours(len(labels))
+    rows = [
+        {"value": k, "name": name, "color": [int(c) for c in colours[k]]}
+        for k, name in enumerate(labels, 1)
+    ]
+    return {"labels": rows, "background": 0}
 
 
 def planned_outputs(case: InputCase, labels: Sequence[str], options: PredictOptions) -> list[Path]:
-    """Every file the case will write, the JSON (written last) at the end."""
+    """Every file the case will write: the label map first, the JSON (written last) at the
+    end, its labels file and DICOM-SEG (if any) just before it."""
     out, stem = options.output_dir, case.case_id
     suffix = ".nii.gz" if writes_nifti(case.path) else ".png"
     paths = [out / f"{stem}{suffix}"]
@@ -117,6 +153,9 @@ def planned_outputs(case: InputCase, labels: Sequence[str], options: PredictOpti
         paths += [out / f"{stem}_mask_{safe_name(n)}{suffix}" for n in labels]
     if options.overlay:
         paths.append(out / f"{stem}_overlay.png")
+    paths.append(out / f"{stem}.labels.json")
+    if writes_dicom_seg(case.path, options):
+        paths.append(out / f"{stem}.seg.dcm")
     return [*paths, out / f"{stem}.json"]
 
 
@@ -200,7 +239,7 @@ def write_case_outputs(
 ) -> list[Path]:
     """Write the planned outputs of a predicted case; the JSON goes last."""
     paths = planned_outputs(case, result.labels, options)
-    write_label_map(result.label_map, result.properties, paths[0])
+    write_label_map(result.label_map, result.properties, paths[0], result.labels)
     index = 1
     if options.save_probabilities:
         for k in range(len(result.labels)):
@@ -220,7 +259,15 @@ def write_case_outputs(
     if options.overlay:
         picture, shown = render_case_overlay(image, result, options.overlay_slices)
         save_png(picture, paths[index])
+        index += 1
+    key = json.dumps(describe_labels(result.labels), indent=2)
+    write_bytes_atomic(paths[index], key.encode())
     report = build_case_report(case, result, shown, mask_files)
+    if writes_dicom_seg(case.path, options):
+        from ssam.inference.dicom_seg import write_dicom_seg  # highdicom: only when asked
+
+        write_dicom_seg(result.label_map, result.labels, case.path, paths[index + 1])
+        report["dicom_seg"] = paths[index + 1].name
     write_bytes_atomic(paths[-1], json.dumps(report, indent=2).encode())
     return paths
 
@@ -245,6 +292,9 @@ def predict_case(
     result = predictor.segment_array(
         image, properties, options.labels, axis=axis, progress=progress
     )
+    if options.dicom_seg and not writes_dicom_seg(case.path, options):
+        note = f"{case.path}: not a DICOM input, so no {case.case_id}.seg.dcm (--dicom-seg)"
+        result = replace(result, warnings=(*result.warnings, note))
     return write_case_outputs(case, image, result, options), result.warnings
 
 
