@@ -137,3 +137,31 @@ def test_volume_slices_and_a_typed_label(page, shared_data, tmp_path):
     assert "own mask" in page.inner_text("#legend-rule")
     page.screenshot(path=str(tmp_path / "volume.png"))
     assert download(page, "#download-labels", tmp_path).name == "label_map.nii.gz"
+
+
+def test_click_to_refine_and_undo(page, shared_data, tmp_path):
+    volume = crop_mri(shared_data, tmp_path / "flair.nii.gz", first=80, count=2)
+    segment_in_page(page, volume, ["polyp", "lung"])
+    assert page.is_visible("#refine-controls") and page.is_disabled("#refine-undo")
+    before = page.evaluate("() => document.getElementById('canvas').toDataURL()")
+    from playwright.sync_api import expect
+
+    status = page.locator("#refine-status")
+    page.check("#refine-mode")
+    page.select_option("#refine-label", "lung")
+    box = page.locator("#canvas").bounding_box()
+    page.mouse.click(box["x"] + box["width"] * 0.4, box["y"] + box["height"] * 0.5)
+    page.wait_for_selector("#refine-undo:not([disabled])")
+    expect(status).to_contain_text("1 point(s)")
+    page.keyboard.down("Shift")
+    page.mouse.click(box["x"] + box["width"] * 0.6, box["y"] + box["height"] * 0.5)
+    page.keyboard.up("Shift")
+    expect(status).to_contain_text("2 point(s)")
+    assert page.evaluate("() => document.getElementById('canvas').toDataURL()") != before
+    page.screenshot(path=str(tmp_path / "refine.png"))
+    page.click("#refine-undo")
+    expect(status).to_contain_text("1 point(s)")
+    page.click("#refine-undo")
+    page.wait_for_selector("#refine-undo[disabled]", state="attached")
+    page.uncheck("#refine-mode")
+    assert page.evaluate("() => document.getElementById('canvas').toDataURL()") == before

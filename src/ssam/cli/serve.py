@@ -65,6 +65,9 @@ def serve_entry(
     max_voxels: int = typer.Option(64_000_000, min=1, help="largest volume (voxels)"),
     max_slices: int = typer.Option(512, min=1, help="most slices of a volume"),
     max_labels: int = typer.Option(16, min=1, max=255, help="most labels per request"),
+    max_refine_points: int = typer.Option(
+        64, min=1, max=4096, help="most points per click-to-refine call (POST /v1/refine)"
+    ),
     workers: int = typer.Option(1, min=1, max=16, help="jobs running at once"),
     queue_size: int = typer.Option(4, min=0, help="jobs waiting; one more gets 429"),
     timeout: float = typer.Option(300.0, min=0.1, help="seconds before /v1/segment gives 504"),
@@ -100,6 +103,7 @@ def serve_entry(
         max_voxels=max_voxels,
         max_slices=max_slices,
         max_labels=max_labels,
+        max_refine_points=max_refine_points,
         workers=workers,
         queue_size=queue_size,
         request_timeout_s=timeout,

@@ -85,6 +85,7 @@ def labels(services: Services = Depends(get_services)) -> dict:
             "max_slices": settings.max_slices,
             "max_labels": settings.max_labels,
             "max_label_chars": settings.max_label_chars,
+            "max_refine_points": settings.max_refine_points,
             "request_timeout_s": settings.request_timeout_s,
         },
         "formats": ["png", "jpeg", "dicom", "nifti"],

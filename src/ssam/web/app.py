@@ -18,7 +18,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from ssam.inference.predictor import SSAMPredictor
-from ssam.web import api, job_routes
+from ssam.web import api, job_routes, refine_routes
 from ssam.web.cache import EmbeddingCache
 from ssam.web.engine import SegmentationEngine
 from ssam.web.errors import QueueFull, RequestError
@@ -78,6 +78,7 @@ def create_app(
     app.state.services = services
     app.include_router(api.router)
     app.include_router(job_routes.router)
+    app.include_router(refine_routes.router)
     app.add_exception_handler(RequestError, _request_error)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 

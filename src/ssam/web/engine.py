@@ -58,6 +58,8 @@ class WebSegmentation:
             (``ssam.data.intensity_check``), shown on the page and in the report.
         cache_hits / encoded: slices whose embedding came from the cache / the encoder.
         timings: seconds per phase ("encode", "decode"; the job adds "read").
+        digest, intensity: the upload's SHA-256 and the resolved 0-255 mapping, which name
+            its slices' embeddings in the cache (``embedding_key``; refine reuses them).
     """
 
     labels: tuple[str, ...]
@@ -72,6 +74,8 @@ class WebSegmentation:
     encoded: int
     timings: dict[str, float]
     intensity_warnings: tuple[str, ...] = ()
+    digest: str = ""
+    intensity: IntensityConfig | None = None
 
     @property
     def is_volume(self) -> bool:
@@ -129,6 +133,11 @@ class SegmentationEngine:
     @property
     def trained_labels(self) -> tuple[str, ...]:
         return self.predictor.trained_labels
+
+    @property
+    def model_lock(self) -> threading.Lock:
+        """Held around every model call (encoder or decoder)."""
+        return self._model_lock
 
     def resolve_labels(
         self, values: Sequence[str], max_labels: int, max_chars: int
@@ -211,6 +220,8 @@ class SegmentationEngine:
             cache_hits=run.hits,
             encoded=run.encoded,
             timings=run.timings,
+            digest=upload.digest,
+            intensity=intensity,
         )
 
     def _segment_batch(self, run: _Run, indices: list[int], tokens: torch.Tensor) -> None:

@@ -15,6 +15,7 @@ from ssam.config.data import IntensityConfig
 from ssam.web.engine import SegmentationEngine, WebSegmentation
 from ssam.web.errors import JobCancelled, RequestError
 from ssam.web.jobs import Job, JobQueue
+from ssam.web.refine import EditHistory
 from ssam.web.reports import summarise
 from ssam.web.settings import ServerSettings
 from ssam.web.uploads import AsyncReadable, StagedUpload, decode_upload, stage_upload
@@ -32,11 +33,13 @@ class Services:
 
 @dataclass(frozen=True, eq=False)
 class JobOutput:
-    """A finished segmentation job: the result, seconds per phase, and its JSON summary."""
+    """A finished segmentation job: the result, seconds per phase, its JSON summary, and
+    the refine edits made to the result since (``ssam.web.refine``)."""
 
     result: WebSegmentation
     timings: dict[str, float]
     summary: dict
+    edits: EditHistory = field(default_factory=EditHistory)
 
 
 def get_services(request: Request) -> Services:

@@ -52,6 +52,9 @@ class ServerSettings(BaseModel):
         max_slices: most slices of a volume along the sliced axis (more: 413).
         max_labels: most label names per request (more: 422).
         max_label_chars: longest label name (longer: 422).
+        max_refine_points: most points in one ``POST /v1/refine`` (more: 422).
+        refine_undo_depth: refine edits per job and label that ``/v1/refine/undo`` can
+            take back (older ones stay applied).
         workers: jobs run at the same time (model calls still take turns).
         queue_size: jobs that may wait behind the running ones; one more is a 429.
         request_timeout_s: a ``POST /v1/segment`` not answered by then is a 504 (and the job
@@ -78,6 +81,8 @@ class ServerSettings(BaseModel):
     max_slices: int = Field(default=512, gt=0)
     max_labels: int = Field(default=16, ge=1, le=255)
     max_label_chars: int = Field(default=64, ge=1)
+    max_refine_points: int = Field(default=64, ge=1, le=4096)
+    refine_undo_depth: int = Field(default=32, ge=1, le=1024)
     workers: int = Field(default=1, ge=1, le=16)
     queue_size: int = Field(default=4, ge=0)
     request_timeout_s: float = Field(default=300.0, gt=0)

@@ -3,6 +3,7 @@
 
 import { $, el, errorMessage, formatBytes, showError } from "./dom.js";
 import { state } from "./state.js";
+import { resetRefine, wireRefine } from "./refine.js";
 import { redraw, showResult, showSlice, updateDownloads } from "./viewer.js";
 
 const POLL_MS = 250;
@@ -171,6 +172,7 @@ async function runSegmentation() {
     const job = await response.json();
     state.jobId = job.id;
     const status = await pollJob(job.id);
+    resetRefine(status.result);
     await showResult(status.result);
   } catch (error) {
     $("progress").hidden = true;
@@ -259,6 +261,7 @@ function wireControls() {
     updateDownloads();
   });
   $("outline").addEventListener("change", redraw);
+  wireRefine();
   $("slice").addEventListener("input", () => {
     showSlice(Number($("slice").value)).catch((error) => showError(error.message));
   });

@@ -13,4 +13,5 @@ export const state = {
   startedAt: 0,
   timer: null,
   previewUrl: null,
+  afterDraw: null,     // (context) => void, drawn over each overlay (refine's points)
 };

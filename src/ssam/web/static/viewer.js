@@ -73,6 +73,7 @@ function drawOverlay(entry) {
     }
   }
   context.putImageData(pixels, 0, 0);
+  if (state.afterDraw) state.afterDraw(context);
   canvas.hidden = false;
   $("viewer").dataset.state = "ready";
 }

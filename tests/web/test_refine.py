@@ -1,0 +1,154 @@
+"""Click-to-refine over real HTTP on loopback: decoder-only slice edits, undo, limits."""
+
+from __future__ import annotations
+
+import base64
+import io
+import time
+
+import httpx
+import nibabel as nib
+import numpy as np
+import pytest
+from PIL import Image
+from web_helpers import random_png
+
+from ssam.inference.refine import RefinePrompt, refine_probabilities
+from ssam.web.encoding import decode_label_map_rle, decode_mask_rle
+
+
+def submit(client: httpx.Client, data: bytes, name: str = "image") -> tuple[str, dict]:
+    response = client.post("/v1/jobs", files={"file": (name, data)}, data={"labels": "polyp,lung"})
+    assert response.status_code == 202, response.text
+    job_id = response.json()["id"]
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        status = client.get(f"/v1/jobs/{job_id}").json()
+        if status["state"] not in ("queued", "running"):
+            assert status["state"] == "done", status
+            return job_id, status["result"]
+        time.sleep(0.05)
+    raise AssertionError(f"job {job_id} did not finish")
+
+
+def refine(client: httpx.Client, job_id: str, **fields) -> httpx.Response:
+    return client.post("/v1/refine", json={"job_id": job_id, "label": "polyp", **fields})
+
+
+def undo(client: httpx.Client, job_id: str, label: str = "polyp") -> httpx.Response:
+    return client.post("/v1/refine/undo", json={"job_id": job_id, "label": label})
+
+
+def served_labels(client: httpx.Client, job_id: str, index: int) -> np.ndarray:
+    response = client.get(f"/v1/jobs/{job_id}/slices/{index}/labels")
+    shape = int(response.headers["X-Height"]), int(response.headers["X-Width"])
+    return np.frombuffer(response.content, np.uint8).reshape(shape)
+
+
+def nifti_bytes(shape: tuple[int, int, int], seed: int) -> bytes:
+    volume = np.random.default_rng(seed).normal(100, 30, shape).astype(np.float32)
+    return nib.Nifti1Image(volume, np.eye(4)).to_bytes()
+
+
+@pytest.fixture()
+def client(make_server, encoder_calls):
+    server = make_server(max_refine_points=4, refine_undo_depth=8)
+    with httpx.Client(base_url=server.url, timeout=60) as http:
+        yield http
+
+
+def test_refine_a_2d_image_matches_the_library_and_undoes(client, web_predictor, encoder_calls):
+    data = random_png(11)
+    job_id, _ = submit(client, data)
+    encoded = len(encoder_calls)
+    plain = refine(client, job_id).json()  # no points: the label's own prediction
+    assert plain["points"] == [] and plain["undo_depth"] == 1 and not plain["encoded"]
+    plain_mask = decode_mask_rle(plain["mask"])
+    assert plain_mask.shape == (40, 48)
+
+    points = [[5, 30, 1], [40, 3, 0], [47.0, 39.0, 1]]
+    response = refine(client, job_id, points=points, box=[2, 2, 30, 35], mask_format="png")
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["value"] == 1 and body["points"] == points and body["box"] == [2, 2, 30, 35]
+    print(f"\nrefine (tiny model, 40 x 48, 3 points + box): {body['timings_ms']}")
+    mask = np.asarray(Image.open(io.BytesIO(base64.b64decode(body["mask"]["data"]))))
+    assert len(encoder_calls) == encoded  # decoder only: the embedding came from the cache
+
+    pixels = np.moveaxis(np.asarray(Image.open(io.BytesIO(data))), -1, 0).astype(np.float32)
+    inputs, infos = web_predictor.preprocess([pixels])
+    embedding = web_predictor.encode(inputs)[0]
+    token = web_predictor.label_tokens(["polyp"])[0]
+    prompt = RefinePrompt.build([p[:2] for p in points], [p[2] for p in points], (2, 2, 30, 35))
+    expected = refine_probabilities(web_predictor.model, embedding, token, infos[0], prompt) >= 0.5
+    np.testing.assert_array_equal(mask == 255, expected)
+
+    label_map = decode_label_map_rle(body["label_map"])
+    np.testing.assert_array_equal(served_labels(client, job_id, 0), label_map)
+    assert expected[label_map == 1].all()
+    sizes = client.get(f"/v1/jobs/{job_id}").json()["result"]["sizes"]
+    assert sizes["polyp"]["pixels"] == int(expected.sum()) == body["size"]["pixels"]
+
+    back = undo(client, job_id).json()
+    np.testing.assert_array_equal(decode_mask_rle(back["mask"]), plain_mask)
+    assert back["points"] == [] and back["undo_depth"] == 1
+    assert undo(client, job_id).json()["undo_depth"] == 0
+    nothing = undo(client, job_id)
+    assert nothing.status_code == 409 and "nothing to undo" in nothing.json()["detail"]
+
+
+def test_refine_one_slice_of_a_volume_leaves_the_others(client, encoder_calls):
+    job_id, result = submit(client, nifti_bytes((24, 32, 3), seed=3), name="v.nii.gz")
+    assert result["shape"] == [24, 32, 3]
+    before = [served_labels(client, job_id, k) for k in range(3)]
+    encoded = len(encoder_calls)
+    times = []
+    for x in (4, 8, 12):
+        body = refine(client, job_id, slice=1, label="lung", points=[[x, 20, 1]]).json()
+        times.append(body["timings_ms"]["total"])
+    print(f"\nrefine (tiny model, volume slice 24 x 32) ms: {times}")
+    assert len(encoder_calls) == encoded and body["slice"] == 1 and body["undo_depth"] == 3
+    assert decode_mask_rle(body["mask"]).shape == (24, 32)
+    after = [served_labels(client, job_id, k) for k in range(3)]
+    np.testing.assert_array_equal(after[0], before[0])
+    np.testing.assert_array_equal(after[2], before[2])
+    # Served slices are rotated for display (NIfTI); the answer is in the slice's own order.
+    np.testing.assert_array_equal(np.rot90(decode_label_map_rle(body["label_map"])), after[1])
+    for _ in range(3):
+        assert undo(client, job_id, "lung").status_code == 200
+    np.testing.assert_array_equal(served_labels(client, job_id, 1), before[1])
+
+
+def test_an_evicted_embedding_is_encoded_again(make_server):
+    server = make_server(cache_bytes=0)
+    with httpx.Client(base_url=server.url, timeout=60) as http:
+        job_id, _ = submit(http, random_png(12))
+        body = refine(http, job_id, points=[[10, 10, 1]]).json()
+    assert body["encoded"] and decode_mask_rle(body["mask"]).shape == (40, 48)
+
+
+@pytest.mark.parametrize(
+    ("fields", "status", "words"),
+    [
+        ({"label": "liver"}, 422, "label: 'liver' is not one of this job's labels"),
+        ({"points": [[1, 1, 1]] * 5}, 422, "points: 5 given, at most 4"),
+        ({"points": [[48, 1, 1]]}, 422, "outside the 48 x 40"),
+        ({"points": [[1, 1, 2]]}, 422, "point labels must be 1"),
+        ({"box": [9, 9, 1, 1]}, 422, "x0 <= x1"),
+        ({"slice": 1}, 422, "slice 1 is out of range"),
+        ({"points": [[1, 1]]}, 422, "points"),
+        ({"colour": "red"}, 422, "colour"),
+    ],
+)
+def test_bad_refine_requests_name_the_field(client, fields, status, words):
+    job_id, _ = submit(client, random_png(13))
+    response = refine(client, job_id, **fields)
+    assert response.status_code == status, response.text
+    assert words in str(response.json()["detail"])
+
+
+def test_unknown_or_unfinished_jobs(client):
+    missing = refine(client, "0" * 32)
+    assert missing.status_code == 404 and "job_id" in missing.json()["detail"]
+    assert refine(client, "not-a-job").status_code == 422
+    assert undo(client, "0" * 32).status_code == 404
