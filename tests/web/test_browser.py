@@ -11,8 +11,10 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import pydicom
 import pytest
 from PIL import Image
+from test_dicom_uploads import write_series
 
 from predict_helpers import crop_mri, kvasir_image
 
@@ -165,3 +167,41 @@ def test_click_to_refine_and_undo(page, shared_data, tmp_path):
     page.wait_for_selector("#refine-undo[disabled]", state="attached")
     page.uncheck("#refine-mode")
     assert page.evaluate("() => document.getElementById('canvas').toDataURL()") == before
+
+
+def test_new_file_clears_the_result_and_the_label_limit_is_checked(page, shared_data, tmp_path):
+    segment_in_page(page, kvasir_image(shared_data), ["polyp"])
+    assert page.get_attribute("#download-labels", "aria-disabled") == "false"
+    other = tmp_path / "other.png"
+    Image.new("RGB", (40, 30), (90, 20, 20)).save(other)
+    page.set_input_files("#file-input", str(other))
+    page.wait_for_selector('#viewer[data-state="empty"]')
+    assert not page.is_visible("#canvas") and page.locator("#legend tr.legend-row").count() == 0
+    assert page.get_attribute("#download-labels", "aria-disabled") == "true"
+    assert page.get_attribute("#download-labels", "href") is None
+    posts: list[str] = []
+    page.on("request", lambda r: posts.append(r.url) if r.method == "POST" else None)
+    for k in range(17):  # the server allows 16 (GET /v1/labels: limits.max_labels)
+        page.fill("#custom-label", f"organ {k}")
+        page.click("#custom-label-form button")
+    page.click("#segment-button")
+    assert "Too many labels" in page.inner_text("#error")
+    assert posts == []  # refused before sending
+
+
+def test_dicom_series_as_several_files(page, tmp_path):
+    paths = write_series(tmp_path / "series", "1.2.826.0.1.80", 3)
+    for chip in page.locator("#trained-labels .chip").all():
+        if (chip.get_attribute("aria-pressed") == "true") != (
+            chip.get_attribute("data-label") == "lung"
+        ):
+            chip.click()
+    page.set_input_files("#file-input", [str(p) for p in paths])
+    assert page.inner_text("#file-name") == "3 files"
+    page.click("#segment-button")
+    page.wait_for_selector('#viewer[data-state="ready"]')
+    assert page.is_visible("#slice-control")
+    assert download(page, "#download-labels", tmp_path).name == "label_map.nii.gz"
+    assert page.is_visible("#download-seg")
+    seg = download(page, "#download-seg", tmp_path)
+    assert pydicom.dcmread(seg).ReferencedSeriesSequence[0].SeriesInstanceUID == "1.2.826.0.1.80"

@@ -15,14 +15,22 @@ from ssam.web.settings import MIB, ServerSettings
 
 
 def model_info(adapter: Path | None, merged: Path | None) -> dict:
-    """What ``GET /v1/labels`` tells about the model: file name and training settings."""
+    """What ``GET /v1/labels`` and each result's provenance tell about the model: file name,
+    its SHA-256 and training settings."""
     from ssam.tuning.adapter import read_adapter
+    from ssam.weights import file_sha256
 
     if adapter is None:
-        return {"merged": merged.name if merged is not None else None}
+        if merged is None:
+            return {"merged": None}
+        return {"merged": merged.name, "merged_sha256": file_sha256(merged)}
     _, config = read_adapter(adapter)
     keys = ("variant", "image_size", "method", "text_encoder")
-    return {"adapter": adapter.name, **{key: config.get(key) for key in keys}}
+    return {
+        "adapter": adapter.name,
+        "adapter_sha256": file_sha256(adapter),
+        **{key: config.get(key) for key in keys},
+    }
 
 
 def warn_if_exposed(host: str, console: Console) -> None:

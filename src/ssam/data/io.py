@@ -187,8 +187,10 @@ def binarize_mask(labels: np.ndarray) -> np.ndarray:
 
 
 def label_map_suffix(properties: ImageProperties) -> str:
-    """Natural extension for a label map of this source: ".png" for 2D, else ".nii.gz"."""
-    return ".png" if properties.kind == "2d" else ".nii.gz"
+    """Natural extension for a label map of this source: ".png" for 2D rasters, else
+    ".nii.gz" (volumes, NIfTI, and DICOM files, whose geometry a PNG would lose)."""
+    dicom = file_suffix(properties.path) in DICOM_SUFFIXES
+    return ".png" if properties.kind == "2d" and not dicom else ".nii.gz"
 
 
 def write_label_map(

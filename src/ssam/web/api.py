@@ -31,6 +31,10 @@ INTENSITY_HELP = (
     "0-255 mapping for this request: auto (by stored type), rgb, minmax, ct (needs "
     "window_level and window_width) or mri; none given: the mapping the adapter was trained with"
 )
+FILE_HELP = (
+    "PNG, JPEG, DICOM (.dcm) or NIfTI (.nii/.nii.gz); a DICOM series: repeat the field once "
+    "per slice, or send one .zip of the slices"
+)
 FORMAT_HELP = (
     "how the label map and masks come back: 'rle' (run-length JSON, C order), 'png' (2D "
     "only; base64 PNG: label values 1..L, masks 0/255) or 'nifti' (base64 .nii.gz with the "
@@ -104,7 +108,7 @@ def labels(services: Services = Depends(get_services)) -> dict:
     },
 )
 async def segment(
-    file: UploadFile = File(..., description="PNG, JPEG, DICOM (.dcm) or NIfTI (.nii/.nii.gz)"),
+    file: list[UploadFile] = File(..., description=FILE_HELP),
     labels: list[str] | None = Form(None, description=LABELS_HELP),
     mask_format: Literal["rle", "png", "nifti"] = Form("rle", description=FORMAT_HELP),
     include_masks: bool = Form(True, description="also return one mask per label"),
@@ -118,7 +122,9 @@ async def segment(
     Returns ``labels``, ``colours``, ``kind`` ("2d"/"3d"), ``shape`` ((H, W) or (I, J, K)),
     ``spacing_mm``, ``unit``, ``sizes`` (per label: value, pixels/voxels, area_mm2/volume_ml),
     ``warnings``, ``cache`` (slices, hits, encoded), ``timings_ms`` (queue, read, encode,
-    decode, total), ``label_map`` and ``masks`` (name -> mask) in ``mask_format``.
+    decode, total), ``provenance`` (version, model hashes, intensity, threshold, input name
+    and SHA-256, time), ``label_map`` and ``masks`` (name -> mask) in ``mask_format``.
+    A DICOM series comes as repeated ``file`` fields or one .zip.
     """
     start = time.monotonic()
     mapping = parse_intensity(intensity, window_level, window_width)

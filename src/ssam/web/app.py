@@ -47,6 +47,14 @@ async def _request_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": str(exc)}, status_code=exc.status, headers=headers)
 
 
+def base_hashes(predictor: SSAMPredictor) -> dict:
+    """SHA-256 of the base checkpoints the model was built from, where it knows them."""
+    base = getattr(predictor.model, "base_info", None)
+    if base is None:
+        return {}
+    return {"base_sha256": base.base_sha256, "text_sha256": base.text_sha256}
+
+
 def create_app(
     predictor: SSAMPredictor, settings: ServerSettings | None = None, info: dict | None = None
 ) -> FastAPI:
@@ -59,7 +67,7 @@ def create_app(
         engine=SegmentationEngine(predictor, EmbeddingCache(settings.cache_bytes)),
         jobs=JobQueue(settings.workers, settings.queue_size, settings.keep_results),
         settings=settings,
-        info={"image_size": predictor.image_size, **(info or {})},
+        info={"image_size": predictor.image_size, **base_hashes(predictor), **(info or {})},
     )
 
     @asynccontextmanager

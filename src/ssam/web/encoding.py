@@ -10,14 +10,20 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from pydicom.dataset import Dataset
 
 from ssam.data.io import label_map_suffix, take_slice, write_label_map
+from ssam.errors import DataError
+from ssam.inference.dicom_seg import build_dicom_seg
+from ssam.inference.files import describe_labels
 from ssam.inference.overlay import add_legend, blend_overlay, to_rgb
 from ssam.web.engine import SLICE_AXIS, WebSegmentation
 from ssam.web.errors import Unprocessable
@@ -90,14 +96,39 @@ def png_bytes(array: np.ndarray) -> bytes:
 
 def label_map_file(result: WebSegmentation, array: np.ndarray | None = None) -> FileBytes:
     """The label map (or another integer ``array`` of its shape) as the upload's natural file:
-    PNG for 2D images, NIfTI (.nii.gz, the upload's affine and header) for NIfTI and volumes."""
+    PNG for 2D rasters, NIfTI (.nii.gz, the upload's affine and header, label names in its
+    header) for NIfTI, DICOM and volumes."""
+    names = result.labels if array is None else ()
     array = result.label_map if array is None else array
     suffix = label_map_suffix(result.properties)
+    properties = result.properties if suffix == ".png" else _as_nifti(result).properties
     with tempfile.TemporaryDirectory(prefix="ssam-result-") as folder:
-        path = write_label_map(array, result.properties, Path(folder) / f"label_map{suffix}")
+        target = Path(folder) / f"label_map{suffix}"
+        path = write_label_map(_spatial(array), properties, target, names)
         data = path.read_bytes()
     media = "image/png" if suffix == ".png" else "application/gzip"
     return FileBytes(data, media, f"label_map{suffix}")
+
+
+def labels_file(result: WebSegmentation) -> FileBytes:
+    """The label map's key, as ``ssam predict`` writes it beside a label map (``.labels.json``)."""
+    data = json.dumps(describe_labels(result.labels), indent=2).encode()
+    return FileBytes(data, "application/json", "label_map.labels.json")
+
+
+def dicom_seg_file(result: WebSegmentation, sources: Sequence[Dataset]) -> FileBytes:
+    """The label map as a DICOM-SEG over the uploaded DICOM file or series (``sources``:
+    its headers in slice order), one segment per label name; 422 when the upload was not
+    DICOM or its headers cannot make one."""
+    if not sources:
+        raise Unprocessable(f"a DICOM-SEG needs a DICOM upload; this one was {result.format}")
+    try:
+        seg = build_dicom_seg(result.label_map, result.labels, sources, Path("upload"))
+    except DataError as err:
+        raise Unprocessable(str(err)) from None
+    buffer = io.BytesIO()
+    seg.save_as(buffer, enforce_file_format=True)
+    return FileBytes(buffer.getvalue(), "application/dicom", "label_map.seg.dcm")
 
 
 def encode_array(result: WebSegmentation, array: np.ndarray, fmt: str, is_mask: bool) -> dict:

@@ -4,7 +4,8 @@
 once; ``GET /v1/jobs/{id}`` reports state, phase, slices done and elapsed time, and the
 result's summary when done. The last few finished jobs are kept for their slice pictures
 (``slices/{k}/image.png``), label slices (``slices/{k}/labels``: raw uint8 bytes, row-major,
-shape in the ``X-Height``/``X-Width`` headers), the label map file and overlay pictures.
+shape in the ``X-Height``/``X-Width`` headers), the label map file, its names
+(``labels.json``), a DICOM-SEG for DICOM uploads (``dicom-seg``) and overlay pictures.
 """
 
 from __future__ import annotations
@@ -14,8 +15,17 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 
 from ssam.config.data import IntensityPreset
-from ssam.web.api import INTENSITY_HELP, LABELS_HELP, parse_intensity
-from ssam.web.encoding import display_slice, label_map_file, label_slice, overlay_png, png_bytes
+from ssam.web.api import FILE_HELP, INTENSITY_HELP, LABELS_HELP, parse_intensity
+from ssam.web.encoding import (
+    FileBytes,
+    dicom_seg_file,
+    display_slice,
+    label_map_file,
+    label_slice,
+    labels_file,
+    overlay_png,
+    png_bytes,
+)
 from ssam.web.errors import RequestError
 from ssam.web.jobs import Job
 from ssam.web.services import JobOutput, Services, admit_upload, get_services
@@ -57,7 +67,7 @@ def snapshot(job: Job, services: Services) -> dict:
 
 @router.post("", status_code=202)
 async def submit_job(
-    file: UploadFile = File(..., description="PNG, JPEG, DICOM (.dcm) or NIfTI (.nii/.nii.gz)"),
+    file: list[UploadFile] = File(..., description=FILE_HELP),
     labels: list[str] | None = Form(None, description=LABELS_HELP),
     intensity: IntensityPreset | None = Form(None, description=INTENSITY_HELP),
     window_level: float | None = Form(None, description="CT window level (intensity ct)"),
@@ -106,13 +116,31 @@ def slice_labels(
 
 @router.get("/{job_id}/label_map", response_class=Response)
 async def label_map(job_id: str = JOB_ID, services: Services = Depends(get_services)) -> Response:
-    """The label map file: PNG for 2D images, .nii.gz (the upload's geometry) for NIfTI."""
+    """The label map file: PNG for 2D rasters, .nii.gz (the upload's geometry, label names in
+    its header) for NIfTI, DICOM and volumes."""
     output = _output(services, job_id)
-    file = await run_in_threadpool(label_map_file, output.result)
+    return _download(await run_in_threadpool(label_map_file, output.result))
+
+
+def _download(file: FileBytes) -> Response:
     disposition = f'attachment; filename="{file.filename}"'
     return Response(
         file.data, media_type=file.media_type, headers={"Content-Disposition": disposition}
     )
+
+
+@router.get("/{job_id}/labels.json", response_class=Response)
+def labels_key(job_id: str = JOB_ID, services: Services = Depends(get_services)) -> Response:
+    """What each label map value means: ``{"labels": [{"value", "name", "color"}, ...]}``."""
+    return _download(labels_file(_output(services, job_id).result))
+
+
+@router.get("/{job_id}/dicom-seg", response_class=Response)
+async def dicom_seg(job_id: str = JOB_ID, services: Services = Depends(get_services)) -> Response:
+    """The label map as a DICOM-SEG referencing the uploaded DICOM file or series (422 for
+    other uploads): one segment per label, named by it."""
+    output = _output(services, job_id)
+    return _download(await run_in_threadpool(dicom_seg_file, output.result, output.sources))
 
 
 @router.get("/{job_id}/overlay.png", response_class=Response)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import numpy as np
 
-from ssam.inference.label_maps import LABEL_MAP_RULE
+from ssam import __version__
+from ssam.inference.label_maps import LABEL_MAP_RULE, THRESHOLD
 from ssam.inference.overlay import label_colours
 from ssam.web.encoding import encode_array
 from ssam.web.engine import SLICE_AXIS, WebSegmentation
@@ -69,6 +72,20 @@ def summarise(result: WebSegmentation, timings: dict[str, float]) -> dict:
         "warnings": warnings_of(result),
         "cache": {"slices": result.n_slices, "hits": result.cache_hits, "encoded": result.encoded},
         "timings_ms": {key: round(value * 1000.0, 2) for key, value in timings.items()},
+    }
+
+
+def provenance(result: WebSegmentation, model: dict, upload: dict) -> dict:
+    """How a result was made: ssam version, model files and their SHA-256 (``model``: the
+    server's ``info``), the 0-255 intensity mapping, the mask threshold, the input (``upload``:
+    name, files, bytes; plus its SHA-256) and the UTC time."""
+    return {
+        "ssam_version": __version__,
+        "model": dict(model),
+        "intensity": result.intensity.model_dump() if result.intensity is not None else None,
+        "threshold": THRESHOLD,
+        "input": {**upload, "sha256": result.digest},
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }
 
 

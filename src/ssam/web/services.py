@@ -10,15 +10,18 @@ from dataclasses import dataclass, field
 from functools import partial
 
 from fastapi import Request
+from pydicom.dataset import Dataset
 
 from ssam.config.data import IntensityConfig
+from ssam.data.io import read_dicom_source_headers
 from ssam.web.engine import SegmentationEngine, WebSegmentation
 from ssam.web.errors import JobCancelled, RequestError
 from ssam.web.jobs import Job, JobQueue
 from ssam.web.refine import EditHistory
-from ssam.web.reports import summarise
+from ssam.web.reports import provenance, summarise
+from ssam.web.series_uploads import stage_uploads
 from ssam.web.settings import ServerSettings
-from ssam.web.uploads import AsyncReadable, StagedUpload, decode_upload, stage_upload
+from ssam.web.uploads import AsyncReadable, StagedUpload, decode_upload
 
 
 @dataclass
@@ -33,13 +36,15 @@ class Services:
 
 @dataclass(frozen=True, eq=False)
 class JobOutput:
-    """A finished segmentation job: the result, seconds per phase, its JSON summary, and
-    the refine edits made to the result since (``ssam.web.refine``)."""
+    """A finished segmentation job: the result, seconds per phase, its JSON summary, the
+    refine edits made to the result since (``ssam.web.refine``), and for a DICOM upload its
+    headers in slice order (no pixel data; what a DICOM-SEG download references)."""
 
     result: WebSegmentation
     timings: dict[str, float]
     summary: dict
     edits: EditHistory = field(default_factory=EditHistory)
+    sources: tuple[Dataset, ...] = ()
 
 
 def get_services(request: Request) -> Services:
@@ -53,13 +58,16 @@ def run_job(
     names: tuple[str, ...],
     job: Job,
     intensity: IntensityConfig | None = None,
+    origin: tuple[dict, dict] = ({}, {}),
 ) -> JobOutput:
-    """Worker side: decode the staged upload (then delete it), segment, summarise."""
+    """Worker side: decode the staged upload (then delete it), segment, summarise;
+    ``origin``: (model, upload) descriptions for the summary's ``provenance``."""
     total = staged.header.shape[2]
     job.report(0, total, phase="reading")
     tic = time.perf_counter()
     try:
         upload = decode_upload(staged)
+        sources = tuple(read_dicom_source_headers(staged.path)) if staged.format == "dicom" else ()
     finally:
         staged.cleanup()
     read = time.perf_counter() - tic
@@ -69,25 +77,27 @@ def run_job(
     )
     job.phase = "summarising"
     timings = {"read": read, **result.timings}
-    return JobOutput(result, timings, summarise(result, timings))
+    summary = {**summarise(result, timings), "provenance": provenance(result, *origin)}
+    return JobOutput(result, timings, summary, sources=sources)
 
 
 async def admit_upload(
     services: Services,
-    source: AsyncReadable,
+    sources: list[AsyncReadable],
     labels: list[str] | None,
     keep: bool,
     intensity: IntensityConfig | None = None,
 ) -> Job:
     """Check the labels, stage the upload and admit its job (422/413/415/429 on refusal);
-    ``intensity``: the request's own 0-255 mapping (None: the adapter's)."""
+    ``sources``: one file, or a DICOM series as several files or one zip; ``intensity``: the request's own 0-255 mapping (None: the adapter's)."""
     settings = services.settings
     names, _ = services.engine.resolve_labels(
         labels or [], settings.max_labels, settings.max_label_chars
     )
-    staged = await stage_upload(source, settings)
+    staged = await stage_uploads(sources, settings)
     try:
-        work = partial(run_job, services.engine, staged, names, intensity=intensity)
+        origin = (services.info, describe_upload(sources, staged.size))
+        work = partial(run_job, services.engine, staged, names, intensity=intensity, origin=origin)
         job = services.jobs.submit(work, keep=keep)
     except BaseException:
         staged.cleanup()
@@ -95,6 +105,13 @@ async def admit_upload(
     # A job cancelled before it ran never reaches run_job's own clean-up.
     job.future.add_done_callback(lambda _: staged.cleanup())
     return job
+
+
+def describe_upload(sources: list[AsyncReadable], size: int) -> dict:
+    """The upload as its provenance names it: the client's file name (first file of a
+    series, at most 255 characters), how many files, and the bytes received."""
+    name = getattr(sources[0], "filename", None) if sources else None
+    return {"filename": name[:255] if name else None, "files": len(sources), "bytes": size}
 
 
 async def await_job(job: Job, timeout: float) -> JobOutput:

@@ -12,7 +12,6 @@ with a 413.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import math
 import shutil
@@ -118,13 +117,16 @@ def new_upload_folder(settings: ServerSettings) -> Path:
     return Path(tempfile.mkdtemp(prefix="ssam-upload-", dir=parent))
 
 
-async def save_upload(source: AsyncReadable, target: Path, limit: int) -> tuple[str, int]:
-    """Copy ``source`` to ``target`` in chunks -> (SHA-256 hex, size); 413 past ``limit``."""
+async def save_upload(
+    source: AsyncReadable, target: Path, limit: int, used: int = 0
+) -> tuple[str, int]:
+    """Copy ``source`` to ``target`` in chunks -> (SHA-256 hex, size); 413 once ``used``
+    (bytes of the same request already stored) plus its size passes ``limit``."""
     digest, size = hashlib.sha256(), 0
     with target.open("xb") as out:
         while chunk := await source.read(CHUNK):
             size += len(chunk)
-            if size > limit:
+            if used + size > limit:
                 raise PayloadTooLarge(
                     f"upload is larger than the limit of {limit:,} bytes ({limit / 2**20:.1f} MiB)"
                 )
@@ -226,18 +228,6 @@ def identify_upload(folder: Path, settings: ServerSettings) -> tuple[Path, str, 
         raise _header_error(err, path) from None
     check_dimensions(header, settings)
     return path, kind.removesuffix("-gz"), header
-
-
-async def stage_upload(source: AsyncReadable, settings: ServerSettings) -> StagedUpload:
-    """Save, sniff and check an upload; the caller owns (and must clean up) the result."""
-    folder = new_upload_folder(settings)
-    try:
-        digest, size = await save_upload(source, folder / "upload", settings.max_upload_bytes)
-        path, kind, header = await asyncio.to_thread(identify_upload, folder, settings)
-    except BaseException:
-        shutil.rmtree(folder, ignore_errors=True)
-        raise
-    return StagedUpload(folder, path, kind, digest, size, header)
 
 
 def decode_upload(staged: StagedUpload) -> DecodedUpload:

@@ -4,7 +4,7 @@
 import { $, el, errorMessage, formatBytes, showError } from "./dom.js";
 import { state } from "./state.js";
 import { resetRefine, wireRefine } from "./refine.js";
-import { redraw, showResult, showSlice, updateDownloads } from "./viewer.js";
+import { clearResult, redraw, showResult, showSlice, updateDownloads } from "./viewer.js";
 
 const POLL_MS = 250;
 
@@ -50,19 +50,26 @@ async function checkHealth() {
 
 // ----- inputs: file and labels ----------------------------------------------------------
 
-function chooseFile(file) {
-  if (!file) return;
+// One file, or the files of a DICOM series (sent as repeated "file" fields).
+function chooseFiles(fileList) {
+  const files = Array.from(fileList || []);
+  if (!files.length) return;
   showError("");
+  clearResult();  // the previous file's result must not pass for this one's
   const limit = state.info ? state.info.limits.max_upload_bytes : Infinity;
-  if (file.size > limit) {
-    showError(`Too large: ${formatBytes(file.size)} is over the ${formatBytes(limit)} limit.`);
+  const size = files.reduce((total, file) => total + file.size, 0);
+  if (size > limit) {
+    state.files = [];
+    $("file-info").hidden = true;
+    updateRunButton();
+    showError(`Too large: ${formatBytes(size)} is over the ${formatBytes(limit)} limit.`);
     return;
   }
-  state.file = file;
-  $("file-name").textContent = file.name;
-  $("file-size").textContent = formatBytes(file.size);
+  state.files = files;
+  $("file-name").textContent = files.length > 1 ? `${files.length} files` : files[0].name;
+  $("file-size").textContent = formatBytes(size);
   $("file-info").hidden = false;
-  showPreview(file);
+  showPreview(files[0]);
   updateRunButton();
 }
 
@@ -131,7 +138,7 @@ function addCustomLabel(event) {
 }
 
 function updateRunButton() {
-  const ready = state.file && state.selected.size > 0 && !state.timer;
+  const ready = state.files.length > 0 && state.selected.size > 0 && !state.timer;
   $("segment-button").disabled = !ready;
   $("run-hint").hidden = Boolean(ready) || Boolean(state.timer);
 }
@@ -159,10 +166,21 @@ $("ct-preset").addEventListener("change", () => {
 
 // ----- running a job --------------------------------------------------------------------
 
+function labelCountError() {
+  const limit = state.info ? state.info.limits.max_labels : Infinity;
+  const count = state.selected.size;
+  return count > limit ? `Too many labels: ${count} chosen, at most ${limit} per run.` : "";
+}
+
 async function runSegmentation() {
   showError("");
+  const tooMany = labelCountError();
+  if (tooMany) {
+    showError(tooMany);
+    return;
+  }
   const form = new FormData();
-  form.append("file", state.file);
+  for (const file of state.files) form.append("file", file);
   for (const name of state.selected) form.append("labels", name);
   appendIntensity(form);
   startProgress();
@@ -176,6 +194,7 @@ async function runSegmentation() {
     await showResult(status.result);
   } catch (error) {
     $("progress").hidden = true;
+    clearResult();
     showError(error.message);
   } finally {
     stopProgress();
@@ -245,9 +264,9 @@ function wireDropzone() {
   }));
   zone.addEventListener("drop", (event) => {
     event.preventDefault();
-    chooseFile(event.dataTransfer.files[0]);
+    chooseFiles(event.dataTransfer.files);
   });
-  $("file-input").addEventListener("change", (event) => chooseFile(event.target.files[0]));
+  $("file-input").addEventListener("change", (event) => chooseFiles(event.target.files));
   $("preview").addEventListener("load", () => previewLoaded(true));
   $("preview").addEventListener("error", () => previewLoaded(false));
 }

@@ -2,7 +2,7 @@
 
 export const state = {
   info: null,          // GET /v1/labels
-  file: null,          // the chosen File
+  files: [],           // the chosen File(s): one, or a DICOM series' slices
   selected: new Set(), // label names asked for, in the order chosen
   custom: [],          // names typed in
   jobId: null,

@@ -4,6 +4,9 @@
 import { $, el, errorMessage, formatNumber, hexToRgb } from "./dom.js";
 import { state } from "./state.js";
 
+const DOWNLOADS = ["download-labels", "download-overlay", "download-report", "download-key",
+  "download-seg"];
+
 // ----- showing a result -----------------------------------------------------------------
 
 export async function showResult(result) {
@@ -23,6 +26,36 @@ export async function showResult(result) {
   $("viewer-note").textContent = note;
   $("viewer-note").hidden = !note;
   await showSlice(result.best_slice);
+}
+
+// Forget the shown result (a new file was chosen, or a run failed): nothing of it stays on
+// screen or in the download links.
+export function clearResult() {
+  state.result = null;
+  state.jobId = null;
+  state.slices.clear();
+  state.hidden.clear();
+  state.afterDraw = null;
+  $("canvas").hidden = true;
+  $("viewer").dataset.state = "empty";
+  $("placeholder").hidden = false;
+  $("slice-control").hidden = true;
+  $("viewer-note").hidden = true;
+  $("refine-controls").hidden = true;
+  const empty = el("tr", "empty");
+  const cell = el("td", "", "No labels yet");
+  cell.colSpan = 4;
+  empty.append(cell);
+  $("legend").tBodies[0].replaceChildren(empty);
+  $("warnings").replaceChildren();
+  $("details").replaceChildren(el("dt", "", "Status"), el("dd", "", "—"));
+  for (const id of DOWNLOADS) {
+    const link = $(id);
+    link.removeAttribute("href");
+    link.removeAttribute("download");
+    link.setAttribute("aria-disabled", "true");
+  }
+  $("download-seg").hidden = true;
 }
 
 async function fetchSlice(index) {
@@ -141,11 +174,17 @@ function setLink(id, href, filename) {
 export function updateDownloads() {
   if (!state.result) return;
   const base = `/v1/jobs/${state.jobId}`;
-  const suffix = state.result.format === "nifti" || state.result.kind === "3d" ? ".nii.gz" : ".png";
+  // Only 2D PNG/JPEG uploads give a PNG; DICOM and volumes keep their geometry in NIfTI.
+  const raster = state.result.kind === "2d" && ["png", "jpeg"].includes(state.result.format);
+  const suffix = raster ? ".png" : ".nii.gz";
   const opacity = (Number($("opacity").value) / 100).toFixed(2);
   setLink("download-labels", `${base}/label_map`, `label_map${suffix}`);
   const overlayName = state.result.slices > 1 ? `overlay_slice${state.slice}.png` : "overlay.png";
   setLink("download-overlay", `${base}/overlay.png?slice=${state.slice}&opacity=${opacity}`,
     overlayName);
   setLink("download-report", `${base}/report.json`, "report.json");
+  setLink("download-key", `${base}/labels.json`, "label_map.labels.json");
+  const dicom = state.result.format === "dicom";
+  $("download-seg").hidden = !dicom;
+  if (dicom) setLink("download-seg", `${base}/dicom-seg`, "label_map.seg.dcm");
 }
