@@ -25,7 +25,6 @@ only if no label's mean Dice drops by more than ``INT8_MAX_DICE_DROP`` (absolute
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import statistics
 import sys
@@ -38,7 +37,7 @@ import torch
 from measure import count_flops, describe_machine, time_interleaved
 from ssam.inference.backends import BACKENDS, OnnxRuntimeModel, use_backend
 from ssam.inference.predictor import SSAMPredictor
-from summary import RESULTS, format_table
+from summary import RESULTS, format_table, write_results
 from workloads import write_moved_adapter
 
 INT8_MAX_DICE_DROP = 0.01
@@ -269,7 +268,7 @@ def main(argv: list[str] | None = None) -> dict:
         "machine": describe_machine(torch.get_num_threads()),
         **result,
     }
-    out.write_text(json.dumps(result, indent=1) + "\n")
+    write_results(result, out)
     print(f"written: {out}")
     return result
 

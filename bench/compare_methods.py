@@ -18,7 +18,6 @@ trainable set can fit from scratch, not how well it transfers pretrained feature
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
 import tempfile
@@ -34,7 +33,7 @@ from ssam.config.train import OptimConfig, TrainConfig
 from ssam.train import train
 from ssam.train.log import read_log
 from ssam.tuning.methods import METHODS
-from summary import check_known, default_output, format_table
+from summary import check_known, default_output, format_table, write_results
 from workloads import write_random_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -191,8 +190,7 @@ def main(argv: list[str] | None = None) -> dict:
             results["methods"][method] = run_method(config)
             print(f"  {method}: val Dice {results['methods'][method]['val_dice_final']}")
     print(format_results(results))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=1) + "\n")
+    write_results(results, args.out)
     plot(results, args.out.with_suffix(".png"))
     print(f"\nwritten {args.out} and {args.out.with_suffix('.png')}\ncommand: {results['command']}")
     return results

@@ -56,7 +56,6 @@ import contextlib
 import gc
 import importlib.util
 import io
-import json
 import os
 import shlex
 import statistics
@@ -76,7 +75,7 @@ from torch import nn
 
 import workloads as wl
 from measure import count_flops, describe_machine, summarise, time_interleaved
-from summary import RESULTS, format_table
+from summary import RESULTS, format_table, write_results
 
 VARIANT, IMAGE_SIZE = "vit_b", 256  # the reference's S-SAM: ViT-B ("base") at 256 only
 REFERENCE_URL = "https://github.com/JayParanjape/SVDSAM"
@@ -529,8 +528,7 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory(prefix="ssam-reference-") as tmp:
         results = run(args, Path(tmp))
     print(format_report(results))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=1) + "\n")
+    write_results(results, args.out)
     print(f"\nwritten {args.out}\ncommand: {results['command']}")
     return results
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
 import shlex
 import statistics
@@ -51,7 +50,7 @@ from measure import (
     time_interleaved,
 )
 from ssam.tuning.adapter import save_adapter
-from summary import check_known, default_output, evaluate_targets, format_report
+from summary import check_known, default_output, evaluate_targets, format_report, write_results
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -235,8 +234,7 @@ LARGE = 2048  # the large square matmul: this machine's float32 GEMM rate
 
 def _save_partial(results: dict, out: Path) -> None:
     """What is measured so far, next to ``out``: a killed run still leaves its numbers."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".partial.json").write_text(json.dumps(results, indent=1) + "\n")
+    write_results(results, out.with_suffix(".partial.json"))
 
 
 def run_suite(args: argparse.Namespace, work_dir: Path) -> dict:
@@ -281,8 +279,7 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory(prefix="ssam-bench-") as tmp:
         results = run_suite(args, Path(tmp))
     print(format_report(results))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=1) + "\n")
+    write_results(results, args.out)
     args.out.with_suffix(".partial.json").unlink(missing_ok=True)
     print(f"\nwritten {args.out}\ncommand: {results['command']}")
     return results

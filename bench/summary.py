@@ -10,11 +10,19 @@ a merged checkpoint. The ratios to stock SAM and the time to first mask are repo
 from __future__ import annotations
 
 import argparse
+import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def write_results(results: dict, out: Path) -> Path:
+    """``results`` as indented JSON at ``out`` (its folder made if missing)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=1) + "\n")
+    return out
 
 
 def check_known(parser: argparse.ArgumentParser, given: Iterable[str], known, what: str) -> None:

@@ -12,7 +12,6 @@ table and writes ``bench/results/threads_<variant>_<size>.json`` (or ``--out``).
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import statistics
 import subprocess
@@ -25,7 +24,7 @@ import torch
 
 from measure import describe_machine, time_interleaved
 from ssam.threads import choose_threads, measure_busy_cpus
-from summary import RESULTS, format_table
+from summary import RESULTS, format_table, write_results
 from workloads import (
     BenchSetup,
     build_inference_model,
@@ -103,7 +102,7 @@ def main(argv: list[str] | None = None) -> dict:
         "phases": phases,
     }
     out = args.out or RESULTS / f"threads_{variant}_{size}.json"
-    out.write_text(json.dumps(result, indent=1) + "\n")
+    write_results(result, out)
     print(f"written: {out}")
     return result
 

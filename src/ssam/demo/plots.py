@@ -11,8 +11,9 @@ matplotlib.use("Agg")  # files only, no screen
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from ssam.evaluation.plots import save_figure  # noqa: E402
 from ssam.inference.overlay import add_legend, blend_overlay, save_png, tile_images, to_rgb  # noqa: E402
-from ssam.train.plots import smooth as _smooth  # noqa: E402  (the run folders' curve's)
+from ssam.train.plots import plot_loss  # noqa: E402  (the run folders' curve's)
 
 
 def plot_learning_curves(
@@ -21,27 +22,16 @@ def plot_learning_curves(
     """Stage-1 loss, stage-2 loss and validation Dice per epoch, side by side (PNG)."""
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6), dpi=110)
     if foundation:
-        x = [r["step"] for r in foundation]
-        axes[0].plot(x, [r["loss"] for r in foundation], alpha=0.3, color="tab:gray")
-        smooth = _smooth([r["loss"] for r in foundation])
-        axes[0].plot(x[len(x) - len(smooth) :], smooth, color="tab:gray")
+        plot_loss(axes[0], foundation, "tab:gray")
     axes[0].set(
         title="stage 1: foundation (box prompts)", xlabel="step", ylabel="focal + Dice loss"
     )
-    x = [r["step"] for r in steps]
-    axes[1].plot(x, [r["loss"] for r in steps], alpha=0.3, color="tab:blue")
-    smooth = _smooth([r["loss"] for r in steps])
-    axes[1].plot(x[len(x) - len(smooth) :], smooth, color="tab:blue")
+    plot_loss(axes[1], steps, "tab:blue")
     axes[1].set(title="stage 2: S-SAM by label name", xlabel="step", ylabel="focal + Dice loss")
     validated = [r for r in epochs if r.get("val_dice") is not None]
     axes[2].plot([r["epoch"] + 1 for r in validated], [r["val_dice"] for r in validated], "o-")
     axes[2].set(title="stage 2: validation Dice", xlabel="epoch", ylabel="Dice", ylim=(0, 1))
-    for ax in axes:
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def render_panels(

@@ -24,6 +24,17 @@ from ssam.data.properties import take_slice  # noqa: E402
 from ssam.evaluation.report import MetricsRow  # noqa: E402
 from ssam.inference.overlay import PALETTE, blend_overlay, select_slices, to_rgb  # noqa: E402
 
+
+def save_figure(fig, path: Path) -> Path:
+    """Grid every axis, lay the figure out, write it to ``path`` and free it."""
+    for ax in fig.axes:
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 WORST_ROWS = 6  # cases on the worst-case sheet
 PANEL = 320  # pixels: each panel fits a PANEL x PANEL box
 _GAP = 6
@@ -217,9 +228,4 @@ def plot_dice_per_case(rows: Sequence[MetricsRow], path: Path) -> Path:
         case_ax.set_xlabel("case (sorted)")
     case_ax.set(title="Dice per case, lowest mean first", ylim=(-0.03, 1.03))
     case_ax.legend(fontsize=9, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
-    for ax in (box_ax, case_ax):
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
