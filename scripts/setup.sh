@@ -9,4 +9,10 @@ extras=""
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
 .venv/bin/python -m pip install -q -e ".${extras}"
+# The page's volume viewer (NiiVue, from npm); without npm everything else still works.
+if command -v npm >/dev/null 2>&1; then
+  bash scripts/build-web.sh
+else
+  echo "setup.sh: npm not found: the page's volume viewer is not built (see scripts/build-web.sh)" >&2
+fi
 echo "S-SAM installed in $(pwd)/.venv"

@@ -9,7 +9,8 @@ from pathlib import Path
 import httpx
 import pytest
 import torch
-from web_helpers import MIB, TINY_SIZE, WEB_LABELS
+from browser import launch_browser, open_page
+from web_helpers import TINY_SIZE, WEB_LABELS, default_settings
 
 from ssam.config.model import ModelConfig
 from ssam.factory import create_model
@@ -17,7 +18,6 @@ from ssam.inference.predictor import SSAMPredictor
 from ssam.tuning.adapter import save_adapter
 from ssam.web.app import create_app
 from ssam.web.server import BackgroundServer
-from ssam.web.settings import ServerSettings
 
 
 @pytest.fixture(scope="session")
@@ -48,20 +48,6 @@ def web_predictor(web_adapter, tiny_checkpoint, tmp_path_factory) -> SSAMPredict
 def upload_root(tmp_path_factory) -> Path:
     """Parent of the servers' per-request temporary folders."""
     return tmp_path_factory.mktemp("uploads")
-
-
-def default_settings(upload_root: Path, **changes) -> ServerSettings:
-    fields = {
-        "max_upload_bytes": 2 * MIB,
-        "max_pixels": 1_000_000,
-        "max_voxels": 2_000_000,
-        "max_slices": 64,
-        "cache_bytes": 64 * MIB,
-        "queue_size": 8,
-        "upload_dir": upload_root,
-        **changes,
-    }
-    return ServerSettings(**fields)
 
 
 @pytest.fixture(scope="session")
@@ -117,3 +103,15 @@ def blocked_encoder(web_predictor) -> Iterator[tuple[threading.Event, threading.
     yield entered, release
     release.set()
     hook.remove()
+
+
+@pytest.fixture(scope="session")
+def browser_context(tmp_path_factory) -> Iterator:
+    """Headless Chromium (``browser.launch_browser``), shared by the page's tests."""
+    yield from launch_browser(tmp_path_factory)
+
+
+@pytest.fixture()
+def page(browser_context, server) -> Iterator:
+    """A fresh page on the shared server; any script error fails the test."""
+    yield from open_page(browser_context, server)

@@ -1,114 +1,42 @@
-"""End to end in headless Chromium (Debian's, driven by Playwright): upload, label, overlay.
-
-Skips only where /usr/bin/chromium (or Playwright) is absent and CI is not set; under
-CI=true a missing browser fails the test (install it with scripts/install-browser.sh).
-"""
+"""End to end in headless Chromium (``browser.py``): upload, label, overlay on the 2D page;
+volumes in the volume viewer are tested in test_volume_viewer.py."""
 
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
-from pathlib import Path
 
-import pydicom
 import pytest
+from browser import download, open_page, screenshot, segment_in_page
 from PIL import Image
-from test_dicom_uploads import write_series
+from web_helpers import default_settings
 
 from predict_helpers import crop_mri, kvasir_image
-
-CHROMIUM = Path("/usr/bin/chromium")
-LAUNCH_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-TIMEOUT_MS = 30_000
-
-
-def _missing() -> str | None:
-    """Why the browser test cannot run here, or None."""
-    if not CHROMIUM.exists():
-        return f"{CHROMIUM} is absent (run scripts/install-browser.sh)"
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        return "Playwright for Python is not installed (pip install -e '.[dev]')"
-    return None
+from ssam.web import app as web_app
+from ssam.web.server import BackgroundServer
 
 
 @pytest.fixture(scope="module")
-def browser_context(tmp_path_factory) -> Iterator:
-    """A persistent Chromium context with a fresh profile (--user-data-dir)."""
-    reason = _missing()
-    if reason is not None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI=true but the browser test cannot run: {reason}")
-        pytest.skip(reason)
-    from playwright.sync_api import sync_playwright
-
-    profile = tmp_path_factory.mktemp("chromium-profile")
-    with sync_playwright() as driver:
-        context = driver.chromium.launch_persistent_context(
-            str(profile),
-            executable_path=str(CHROMIUM),
-            headless=True,
-            args=LAUNCH_ARGS,
-            accept_downloads=True,
-            viewport={"width": 1440, "height": 900},
-        )
-        context.set_default_timeout(TIMEOUT_MS)
-        yield context
-        context.close()
+def plain_server(web_predictor, upload_root) -> Iterator[BackgroundServer]:
+    """A server whose package lacks the built volume viewer: volumes show one plane."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(web_app, "VIEWER_DIR", upload_root / "no-viewer")
+        app = web_app.create_app(web_predictor, default_settings(upload_root))
+    assert app.state.services.viewer is None
+    with BackgroundServer(app) as running:
+        yield running
 
 
 @pytest.fixture()
-def page(browser_context, server):
-    """A page on the shared server, failing the test on any script error."""
-    tab = browser_context.new_page()
-    errors: list[str] = []
-    tab.on("pageerror", lambda error: errors.append(str(error)))
-    tab.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
-    tab.goto(server.url)
-    tab.wait_for_selector('#trained-labels .chip[data-label="polyp"]')
-    yield tab
-    tab.close()
-    assert not errors, errors
-
-
-def segment_in_page(page, path: Path, labels: list[str], custom: str | None = None) -> None:
-    """Choose the file, keep only ``labels`` selected (plus a typed ``custom``), run."""
-    for chip in page.locator("#trained-labels .chip").all():
-        wanted = chip.get_attribute("data-label") in labels
-        if (chip.get_attribute("aria-pressed") == "true") != wanted:
-            chip.click()
-    if custom is not None:
-        page.fill("#custom-label", custom)
-        page.click("#custom-label-form button")
-    page.set_input_files("#file-input", str(path))
-    page.click("#segment-button")
-    page.wait_for_selector('#viewer[data-state="ready"]')
-
-
-def download(page, selector: str, folder: Path) -> Path:
-    with page.expect_download() as event:
-        page.click(selector)
-    target = folder / event.value.suggested_filename
-    event.value.save_as(target)
-    return target
+def plain_page(browser_context, plain_server) -> Iterator:
+    yield from open_page(browser_context, plain_server)
 
 
 def test_segment_an_image_in_the_browser(page, shared_data, tmp_path):
     image = kvasir_image(shared_data)
     width, height = Image.open(image).size
     segment_in_page(page, image, ["polyp"])
-    page.screenshot(path=str(tmp_path / "page.png"))
+    screenshot(page, "page-2d-kvasir")
     assert page.eval_on_selector("#canvas", "c => [c.width, c.height]") == [width, height]
     assert page.is_visible("#canvas") and not page.is_visible("#placeholder")
     rows = page.locator("#legend tr.legend-row")
@@ -122,9 +50,11 @@ def test_segment_an_image_in_the_browser(page, shared_data, tmp_path):
     assert overlay.size[0] == width and overlay.size[1] > height  # legend strip below
 
 
-def test_volume_slices_and_a_typed_label(page, shared_data, tmp_path):
+def test_volume_slices_and_a_typed_label(plain_page, shared_data, tmp_path):
+    page = plain_page
     volume = crop_mri(shared_data, tmp_path / "flair.nii.gz", first=80, count=3)
     segment_in_page(page, volume, ["lung"], custom="lesion")
+    assert "volume viewer is not built" in page.inner_text("#viewer-note")
     assert page.is_visible("#slice-control")
     page.fill("#slice", "0")
     page.wait_for_function("document.getElementById('slice-value').textContent === '1 / 3'")
@@ -137,11 +67,12 @@ def test_volume_slices_and_a_typed_label(page, shared_data, tmp_path):
     counts = page.locator("#legend tr.legend-row td.num:nth-child(3)").all_inner_texts()
     assert counts == [f"{report['sizes'][n]['voxels']:,}" for n in names]  # per-label masks
     assert "own mask" in page.inner_text("#legend-rule")
-    page.screenshot(path=str(tmp_path / "volume.png"))
+    screenshot(page, "page-volume-without-viewer")
     assert download(page, "#download-labels", tmp_path).name == "label_map.nii.gz"
 
 
-def test_click_to_refine_and_undo(page, shared_data, tmp_path):
+def test_click_to_refine_and_undo(plain_page, shared_data, tmp_path):
+    page = plain_page
     volume = crop_mri(shared_data, tmp_path / "flair.nii.gz", first=80, count=2)
     segment_in_page(page, volume, ["polyp", "lung"])
     assert page.is_visible("#refine-controls") and page.is_disabled("#refine-undo")
@@ -160,7 +91,7 @@ def test_click_to_refine_and_undo(page, shared_data, tmp_path):
     page.keyboard.up("Shift")
     expect(status).to_contain_text("2 point(s)")
     assert page.evaluate("() => document.getElementById('canvas').toDataURL()") != before
-    page.screenshot(path=str(tmp_path / "refine.png"))
+    screenshot(page, "page-volume-without-viewer-refined")
     page.click("#refine-undo")
     expect(status).to_contain_text("1 point(s)")
     page.click("#refine-undo")
@@ -187,21 +118,3 @@ def test_new_file_clears_the_result_and_the_label_limit_is_checked(page, shared_
     page.click("#segment-button")
     assert "Too many labels" in page.inner_text("#error")
     assert posts == []  # refused before sending
-
-
-def test_dicom_series_as_several_files(page, tmp_path):
-    paths = write_series(tmp_path / "series", "1.2.826.0.1.80", 3)
-    for chip in page.locator("#trained-labels .chip").all():
-        if (chip.get_attribute("aria-pressed") == "true") != (
-            chip.get_attribute("data-label") == "lung"
-        ):
-            chip.click()
-    page.set_input_files("#file-input", [str(p) for p in paths])
-    assert page.inner_text("#file-name") == "3 files"
-    page.click("#segment-button")
-    page.wait_for_selector('#viewer[data-state="ready"]')
-    assert page.is_visible("#slice-control")
-    assert download(page, "#download-labels", tmp_path).name == "label_map.nii.gz"
-    assert page.is_visible("#download-seg")
-    seg = download(page, "#download-seg", tmp_path)
-    assert pydicom.dcmread(seg).ReferencedSeriesSequence[0].SeriesInstanceUID == "1.2.826.0.1.80"

@@ -15,11 +15,12 @@ import httpx
 import nibabel as nib
 import numpy as np
 import pytest
+from browser import require, viewer_missing
 from test_api import wait_for_job
 from web_helpers import MIB, random_png
 
 import ssam
-from predict_helpers import dicom_dataset
+from predict_helpers import crop_mri, dicom_dataset
 from ssam.cli.serve import model_info
 from ssam.data.io import read_image
 from ssam.web.errors import PayloadTooLarge
@@ -208,3 +209,40 @@ def test_results_carry_their_provenance(client, web_predictor, web_adapter, tmp_
     monkeypatch.setenv("SSAM_CACHE", str(tmp_path / "cache"))  # file_sha256's index
     info = model_info(web_adapter, None)
     assert info["adapter_sha256"] == hashlib.sha256(web_adapter.read_bytes()).hexdigest()
+
+
+def test_the_image_volume_lies_under_the_label_map(client, shared_data, tmp_path):
+    """GET /v1/jobs/{id}/image.nii.gz: the stored values (HU for DICOM, the file's own for
+    NIfTI) with the label map's affine; 2D uploads give the model's 0-255 input."""
+    paths = write_series(tmp_path / "series", "1.2.826.0.1.82", 3)
+    volume = crop_mri(shared_data, tmp_path / "flair.nii.gz", first=90, count=2)
+    cases = [(as_files(paths), read_image(tmp_path / "series")[0][0])]
+    cases.append(([("file", ("flair.nii.gz", volume.read_bytes()))], read_image(volume)[0][0]))
+    for files, stored in cases:
+        job_id = client.post("/v1/jobs", files=files, data={"labels": ["lung"]}).json()["id"]
+        assert wait_for_job(client, job_id)["state"] == "done"
+        served = client.get(f"/v1/jobs/{job_id}/image.nii.gz")
+        assert served.status_code == 200
+        assert 'filename="image.nii.gz"' in served.headers["content-disposition"]
+        image = nib.Nifti1Image.from_bytes(gzip.decompress(served.content))
+        labels = nib.Nifti1Image.from_bytes(
+            gzip.decompress(client.get(f"/v1/jobs/{job_id}/label_map").content)
+        )
+        np.testing.assert_array_equal(np.asanyarray(image.dataobj), stored)
+        np.testing.assert_allclose(image.affine, labels.affine)
+        assert image.header.get_intent()[0] == "none" and labels.header.get_intent()[0] == "label"
+    png = client.post("/v1/jobs", files={"file": ("p.png", random_png(9))}, data={"labels": "lung"})
+    assert wait_for_job(client, png.json()["id"])["state"] == "done"
+    flat = nib.Nifti1Image.from_bytes(
+        gzip.decompress(client.get(f"/v1/jobs/{png.json()['id']}/image.nii.gz").content)
+    )
+    assert flat.shape == (40, 48, 1) and flat.get_data_dtype() == np.uint8
+
+
+def test_labels_names_the_volume_viewer(client):
+    require(viewer_missing())
+    viewer = client.get("/v1/labels").json()["viewer"]
+    assert viewer["name"] == "NiiVue" and viewer["url"] == "/static/vendor/niivue/niivue.js"
+    bundle = client.get(viewer["url"])
+    assert bundle.status_code == 200 and "javascript" in bundle.headers["content-type"]
+    assert f'version: "{viewer["version"]}"' in bundle.text  # the package.json it was built from

@@ -27,10 +27,14 @@ def load_bench_module():
     return module
 
 
-def test_serve_command_starts_on_loopback(web_adapter, tiny_checkpoint, monkeypatch):
+def test_serve_command_starts_on_loopback(
+    web_adapter, tiny_checkpoint, monkeypatch, capsys, tmp_path
+):
     """``ssam serve`` through the CLI's own entry point (in a thread: a subprocess would pay
-    the CLI's import time again), stopped through the uvicorn server it built."""
+    the CLI's import time again), stopped through the uvicorn server it built; here from a
+    package whose volume viewer was never built, which it says."""
     servers = []
+    monkeypatch.setattr("ssam.web.app.VIEWER_DIR", tmp_path / "not-built")
 
     def recording_build_server(*args, **kwargs):
         servers.append(build_server(*args, **kwargs))
@@ -61,6 +65,7 @@ def test_serve_command_starts_on_loopback(web_adapter, tiny_checkpoint, monkeypa
         assert httpx.get(f"{url}/healthz").json()["queue"]["capacity"] == 2
         labels = httpx.get(f"{url}/v1/labels").json()
         assert labels["labels"] == WEB_LABELS and labels["model"]["variant"] == "tiny"
+        assert labels["viewer"] is None
         assert httpx.get(f"{url}/healthz", headers={"Host": "ssam.lab"}).status_code == 200
         assert httpx.get(f"{url}/healthz", headers={"Host": "evil.lab"}).status_code == 400
         preflight = {"Origin": "http://viewer.lab:3000", "Access-Control-Request-Method": "POST"}
@@ -69,6 +74,7 @@ def test_serve_command_starts_on_loopback(web_adapter, tiny_checkpoint, monkeypa
         servers[0].should_exit = True
         thread.join(20)
     assert not thread.is_alive() and codes in ([], [0])
+    assert "volume viewer (NiiVue) is not built" in capsys.readouterr().err
 
 
 def test_serve_needs_a_model(capsys):

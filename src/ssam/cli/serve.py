@@ -151,5 +151,10 @@ def serve_entry(
     )
     console.print(threads_line, highlight=False)
     app = create_app(predictor, settings, model_info(adapter, merged))
+    if app.state.services.viewer is None:
+        console.print(
+            "[yellow]warning:[/] the page's volume viewer (NiiVue) is not built: volumes show "
+            "one plane. Run scripts/build-web.sh (needs npm)"
+        )
     console.print(f"S-SAM on http://{host}:{port}  (labels: {', '.join(predictor.trained_labels)})")
     build_server(app, host, port, log_level).run()

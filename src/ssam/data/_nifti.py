@@ -86,6 +86,26 @@ def describe_label_names(names: Sequence[str]) -> bytes:
     return text.encode("ascii", "replace")[:DESCRIP_BYTES]
 
 
+def _nifti_like(array: np.ndarray, properties: ImageProperties) -> nib.Nifti1Image:
+    """``array`` (I, J, K) as a NIfTI image with the source's affine and header (its dtype,
+    no scaling); a fresh NIfTI-1 header for DICOM and 2D sources, declaring the affine as
+    scanner coordinates."""
+    source = properties.header
+    if isinstance(source, nib.Nifti2Header):
+        image_type, header = nib.Nifti2Image, source.copy()
+    elif isinstance(source, nib.Nifti1Header):
+        image_type, header = nib.Nifti1Image, source.copy()
+    else:
+        image_type, header = nib.Nifti1Image, nib.Nifti1Header()
+    header.set_data_dtype(array.dtype)
+    header.set_slope_inter(None, None)
+    image = image_type(array, properties.affine, header=header)
+    if not isinstance(source, nib.Nifti1Header):
+        image.set_qform(properties.affine, code=1)
+        image.set_sform(properties.affine, code=1)
+    return image
+
+
 def write_nifti(
     labels: np.ndarray, properties: ImageProperties, path: Path, label_names: Sequence[str] = ()
 ) -> None:
@@ -95,22 +115,19 @@ def write_nifti(
     has a place: intent NIFTI_INTENT_LABEL (code 1002, intent_name "label") and the names in
     ``descrip`` (80 bytes: a summary when they do not fit).
     """
-    source = properties.header
-    if isinstance(source, nib.Nifti2Header):
-        image_type, header = nib.Nifti2Image, source.copy()
-    elif isinstance(source, nib.Nifti1Header):
-        image_type, header = nib.Nifti1Image, source.copy()
-    else:
-        image_type, header = nib.Nifti1Image, nib.Nifti1Header()
-    header.set_data_dtype(labels.dtype)
-    header.set_slope_inter(None, None)
+    image = _nifti_like(labels, properties)
+    header = image.header
     header["cal_min"], header["cal_max"] = 0, float(labels.max()) if labels.size else 0.0
     if label_names:
         header.set_intent("label", (), name="label")
         header["descrip"] = describe_label_names(label_names)
-    image = image_type(labels, properties.affine, header=header)
-    if not isinstance(source, nib.Nifti1Header):
-        # Fresh header (DICOM or 2D source): declare the affine as scanner coordinates.
-        image.set_qform(properties.affine, code=1)
-        image.set_sform(properties.affine, code=1)
+    nib.save(image, path)
+
+
+def write_nifti_intensities(values: np.ndarray, properties: ImageProperties, path: Path) -> None:
+    """Write an (I, J, K) intensity volume (stored values, e.g. HU) with the source's affine
+    and header: what a viewer shows beneath a label map written by ``write_nifti``."""
+    image = _nifti_like(values, properties)
+    image.header.set_intent("none")
+    image.header["cal_min"], image.header["cal_max"] = 0.0, 0.0  # viewers choose the window
     nib.save(image, path)

@@ -35,7 +35,13 @@ from ssam.data._dicom import (
     read_dicom_series_header,
     read_dicom_source_headers,
 )
-from ssam.data._nifti import NIFTI_SUFFIXES, read_nifti, read_nifti_header, write_nifti
+from ssam.data._nifti import (
+    NIFTI_SUFFIXES,
+    read_nifti,
+    read_nifti_header,
+    write_nifti,
+    write_nifti_intensities,
+)
 from ssam.data._raster import (
     PIL_SUFFIXES,
     TIFF_SUFFIXES,
@@ -58,6 +64,7 @@ __all__ = [
     "read_mask",
     "take_slice",
     "write_label_map",
+    "write_volume",
 ]
 
 MAX_VALUES_ENV = "SSAM_MAX_VOXELS"
@@ -232,4 +239,20 @@ def write_label_map(
     if labels.dtype == np.int32:
         raise DataError(f"{path}: label values above 65535 do not fit a PNG or TIFF")
     write_raster(labels[..., 0], path)
+    return path
+
+
+def write_volume(values: np.ndarray, properties: ImageProperties, path: Path | str) -> Path:
+    """Write an (I, J, K) intensity volume (its stored values) as .nii/.nii.gz with the
+    geometry of ``properties``, so it lies under a label map ``write_label_map`` wrote."""
+    path = Path(path)
+    values = np.asarray(values)
+    if tuple(values.shape) != tuple(properties.shape):
+        raise DataError(
+            f"{path}: volume shape {tuple(values.shape)} differs from the source "
+            f"{properties.path} shape {properties.shape}"
+        )
+    if file_suffix(path) not in NIFTI_SUFFIXES:
+        raise DataError(f"{path}: an intensity volume is written as .nii or .nii.gz")
+    write_nifti_intensities(values, properties, path)
     return path

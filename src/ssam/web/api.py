@@ -82,6 +82,7 @@ def labels(services: Services = Depends(get_services)) -> dict:
         "any_label": True,
         "colours": ["#{:02x}{:02x}{:02x}".format(*map(int, c)) for c in PALETTE],
         "model": services.info,
+        "viewer": services.viewer,
         "limits": {
             "max_upload_bytes": settings.max_upload_bytes,
             "max_pixels": settings.max_pixels,

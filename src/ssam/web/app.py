@@ -34,6 +34,7 @@ from ssam.web.services import Services
 from ssam.web.settings import ServerSettings
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
+VIEWER_DIR = STATIC_DIR / "vendor" / "niivue"  # built by scripts/build-web.sh
 DESCRIPTION = (
     "Segment medical images by label name with an S-SAM adapter. Upload a PNG, JPEG, DICOM or "
     "NIfTI file with label names; get the label map, per-label masks and sizes."
@@ -45,6 +46,16 @@ async def _request_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestError)
     headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, QueueFull) else None
     return JSONResponse({"detail": str(exc)}, status_code=exc.status, headers=headers)
+
+
+def volume_viewer() -> dict | None:
+    """The page's volume viewer as built into the package (``{"name", "version", "url"}``),
+    or None when scripts/build-web.sh has not run: volumes then show one plane."""
+    version_file, bundle = VIEWER_DIR / "VERSION", VIEWER_DIR / "niivue.js"
+    if not (version_file.is_file() and bundle.is_file()):
+        return None
+    version = version_file.read_text().strip()
+    return {"name": "NiiVue", "version": version, "url": "/static/vendor/niivue/niivue.js"}
 
 
 def base_hashes(predictor: SSAMPredictor) -> dict:
@@ -68,6 +79,7 @@ def create_app(
         jobs=JobQueue(settings.workers, settings.queue_size, settings.keep_results),
         settings=settings,
         info={"image_size": predictor.image_size, **base_hashes(predictor), **(info or {})},
+        viewer=volume_viewer(),
     )
 
     @asynccontextmanager

@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 from pydicom.dataset import Dataset
 
-from ssam.data.io import label_map_suffix, take_slice, write_label_map
+from ssam.data.io import label_map_suffix, take_slice, write_label_map, write_volume
 from ssam.errors import DataError
 from ssam.inference.dicom_seg import build_dicom_seg
 from ssam.inference.files import describe_labels
@@ -108,6 +108,19 @@ def label_map_file(result: WebSegmentation, array: np.ndarray | None = None) -> 
         data = path.read_bytes()
     media = "image/png" if suffix == ".png" else "application/gzip"
     return FileBytes(data, media, f"label_map{suffix}")
+
+
+def intensities_file(result: WebSegmentation, values: np.ndarray | None) -> FileBytes:
+    """The image beneath the label map as NIfTI (.nii.gz, same affine and header):
+    ``values``, its stored intensities (I, J, K), or where None the 0-255 values the model
+    saw (first channel). What the page's volume viewer loads; DICOM series arrive as NIfTI."""
+    if values is None:
+        values = result.display[0]
+    with tempfile.TemporaryDirectory(prefix="ssam-result-") as folder:
+        target = Path(folder) / "image.nii.gz"
+        write_volume(_spatial(values), _as_nifti(result).properties, target)
+        data = target.read_bytes()
+    return FileBytes(data, "application/gzip", "image.nii.gz")
 
 
 def labels_file(result: WebSegmentation) -> FileBytes:

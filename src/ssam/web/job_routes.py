@@ -4,7 +4,8 @@
 once; ``GET /v1/jobs/{id}`` reports state, phase, slices done and elapsed time, and the
 result's summary when done. The last few finished jobs are kept for their slice pictures
 (``slices/{k}/image.png``), label slices (``slices/{k}/labels``: raw uint8 bytes, row-major,
-shape in the ``X-Height``/``X-Width`` headers), the label map file, its names
+shape in the ``X-Height``/``X-Width`` headers), the image as NIfTI (``image.nii.gz``), the
+label map file, its names
 (``labels.json``), a DICOM-SEG for DICOM uploads (``dicom-seg``) and overlay pictures.
 """
 
@@ -20,6 +21,7 @@ from ssam.web.encoding import (
     FileBytes,
     dicom_seg_file,
     display_slice,
+    intensities_file,
     label_map_file,
     label_slice,
     labels_file,
@@ -120,6 +122,17 @@ async def label_map(job_id: str = JOB_ID, services: Services = Depends(get_servi
     its header) for NIfTI, DICOM and volumes."""
     output = _output(services, job_id)
     return _download(await run_in_threadpool(label_map_file, output.result))
+
+
+@router.get("/{job_id}/image.nii.gz", response_class=Response)
+async def image_volume(
+    job_id: str = JOB_ID, services: Services = Depends(get_services)
+) -> Response:
+    """The image beneath the label map as .nii.gz with the label map's affine: a volume's
+    stored values (e.g. HU; a DICOM series converted), else the 0-255 values the model saw.
+    The page's volume viewer loads it with ``label_map``."""
+    output = _output(services, job_id)
+    return _download(await run_in_threadpool(intensities_file, output.result, output.intensities))
 
 
 def _download(file: FileBytes) -> Response:

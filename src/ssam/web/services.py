@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass, field
 from functools import partial
 
+import numpy as np
 from fastapi import Request
 from pydicom.dataset import Dataset
 
@@ -26,25 +27,30 @@ from ssam.web.uploads import AsyncReadable, StagedUpload, decode_upload
 
 @dataclass
 class Services:
-    """One server's state, on ``app.state.services``; ``info`` describes the model."""
+    """One server's state, on ``app.state.services``; ``info`` describes the model,
+    ``viewer`` the page's volume viewer (None: not built, volumes show one plane)."""
 
     engine: SegmentationEngine
     jobs: JobQueue
     settings: ServerSettings
     info: dict = field(default_factory=dict)
+    viewer: dict | None = None
 
 
 @dataclass(frozen=True, eq=False)
 class JobOutput:
     """A finished segmentation job: the result, seconds per phase, its JSON summary, the
     refine edits made to the result since (``ssam.web.refine``), and for a DICOM upload its
-    headers in slice order (no pixel data; what a DICOM-SEG download references)."""
+    headers in slice order (no pixel data; what a DICOM-SEG download references);
+    ``intensities``: a one-channel volume's stored values (I, J, K), e.g. HU, for the page's
+    viewer (None for 2D images and colour volumes)."""
 
     result: WebSegmentation
     timings: dict[str, float]
     summary: dict
     edits: EditHistory = field(default_factory=EditHistory)
     sources: tuple[Dataset, ...] = ()
+    intensities: np.ndarray | None = None
 
 
 def get_services(request: Request) -> Services:
@@ -78,7 +84,9 @@ def run_job(
     job.phase = "summarising"
     timings = {"read": read, **result.timings}
     summary = {**summarise(result, timings), "provenance": provenance(result, *origin)}
-    return JobOutput(result, timings, summary, sources=sources)
+    grey_volume = result.is_volume and upload.image.shape[0] == 1
+    intensities = upload.image[0] if grey_volume else None
+    return JobOutput(result, timings, summary, sources=sources, intensities=intensities)
 
 
 async def admit_upload(

@@ -1,12 +1,15 @@
 // Click-to-refine: with "Refine" on, a click on the shown slice adds a positive point for the
 // chosen label (shift-click: a negative one); the server re-runs only the mask decoder on that
-// slice (POST /v1/refine) and the slice's overlay is redrawn. Undo takes back the label's last
-// edit (POST /v1/refine/undo). Points travel in the slice's own pixels: NIfTI slices are shown
-// rotated 90° counter-clockwise, so clicks on them are turned back first.
+// slice (POST /v1/refine) and the slice's labels are redrawn. Undo takes back the label's last
+// edit (POST /v1/refine/undo). Points travel in the slice's own pixels (x: column j, y: row i
+// of label_map[:, :, k]): on the 2D canvas NIfTI slices are shown rotated 90°
+// counter-clockwise, so clicks there are turned back first; the volume viewer (volume.js)
+// finds the voxel from the click's world position and the affine.
 
 import { $, el, errorMessage, formatNumber, showError } from "./dom.js";
 import { state } from "./state.js";
 import { redraw } from "./viewer.js";
+import { patchLabelSlice, view } from "./volume.js";
 
 const points = new Map(); // "slice:label" -> [[x, y, 1|0], ...], slice pixels
 let busy = false;
@@ -20,6 +23,8 @@ export function resetRefine(result) {
   $("refine-controls").hidden = false;
   $("refine-undo").disabled = true;
   state.afterDraw = drawMarkers;
+  view.marks = (slice, label) => points.get(key(slice, label)) || [];
+  view.onRefineClick = addPoint;
 }
 
 // A click's canvas pixel (the canvas is letterboxed by object-fit: contain), or null.
@@ -72,7 +77,9 @@ async function post(path, body) {
 async function applyAnswer(answer) {
   points.set(key(answer.slice, answer.label), answer.points);
   const entry = state.slices.get(answer.slice);
-  if (entry) {
+  if (state.volume) {
+    patchLabelSlice(answer.slice, answer.label_map);
+  } else if (entry) {
     const response = await fetch(`/v1/jobs/${state.jobId}/slices/${answer.slice}/labels`);
     if (!response.ok) throw new Error(await errorMessage(response));
     entry.labels = new Uint8Array(await response.arrayBuffer());
@@ -88,7 +95,7 @@ async function applyAnswer(answer) {
   $("refine-undo").disabled = answer.undo_depth === 0;
   $("refine-status").textContent = `slice ${answer.slice + 1}: ${answer.points.length} point(s), ` +
     `${answer.timings_ms.total.toFixed(0)} ms`;
-  if (answer.slice === state.slice) redraw();
+  if (answer.slice === state.slice || state.volume) redraw();
 }
 
 async function run(action) {
@@ -104,15 +111,18 @@ async function run(action) {
   }
 }
 
-function clickCanvas(event) {
-  if (!$("refine-mode").checked || !state.result) return;
-  const pixel = canvasPixel(event);
-  if (!pixel) return;
+// One more point for the chosen label on slice ``slice`` ((x, y): slice pixels).
+function addPoint(slice, [x, y], positive) {
   const label = $("refine-label").value;
-  const [x, y] = toSlice(pixel);
-  const known = points.get(key(state.slice, label)) || [];
-  const next = [...known, [x, y, event.shiftKey ? 0 : 1]];
-  run(() => post("/v1/refine", { slice: state.slice, label, points: next }));
+  const known = points.get(key(slice, label)) || [];
+  const next = [...known, [x, y, positive ? 1 : 0]];
+  run(() => post("/v1/refine", { slice, label, points: next }));
+}
+
+function clickCanvas(event) {
+  if (!$("refine-mode").checked || !state.result || state.volume) return;
+  const pixel = canvasPixel(event);
+  if (pixel) addPoint(state.slice, toSlice(pixel), !event.shiftKey);
 }
 
 export function wireRefine() {

@@ -14,4 +14,6 @@ export const state = {
   timer: null,
   previewUrl: null,
   afterDraw: null,     // (context) => void, drawn over each overlay (refine's points)
+  volume: false,       // the result shows in the volume viewer (volume.js), not the canvas
+  onSliceChange: null, // () => void, after the volume viewer's slice changed
 };

@@ -1,8 +1,11 @@
-// Result view: the overlay drawn on a canvas (fill + outlines), slices, legend, details and
-// download links. Every function takes the page's ``state`` (see app.js).
+// Result view: 2D images as an overlay drawn on a canvas (fill + outlines); volumes in the
+// volume viewer (volume.js, NiiVue) where it is built, else slice by slice on the canvas;
+// legend, details and download links. Every function takes the page's ``state``.
 
 import { $, el, errorMessage, formatNumber, hexToRgb } from "./dom.js";
 import { state } from "./state.js";
+import { hideVolume, redrawVolume, restyleLabels, showVolume, volumeViewerAvailable }
+  from "./volume.js";
 
 const DOWNLOADS = ["download-labels", "download-overlay", "download-report", "download-key",
   "download-seg"];
@@ -22,10 +25,44 @@ export async function showResult(result) {
   renderLegend(result);
   renderDetails(result);
   renderWarnings(result.warnings);
-  const note = result.rotated ? "NIfTI slices are shown rotated 90° counter-clockwise" : "";
+  setVolumeMode(result.kind === "3d" && volumeViewerAvailable());
+  let note = result.rotated && !state.volume
+    ? "NIfTI slices are shown rotated 90° counter-clockwise" : "";
+  if (result.kind === "3d" && !state.volume) {
+    note = "One plane only: the volume viewer is not built (scripts/build-web.sh)";
+  }
   $("viewer-note").textContent = note;
   $("viewer-note").hidden = !note;
+  if (state.volume) {
+    $("slice-control").hidden = true;
+    $("canvas").hidden = true;
+    state.slice = result.best_slice;
+    state.onSliceChange = updateDownloads;
+    try {
+      await showVolume(result);
+      updateDownloads();
+      $("viewer").dataset.state = "ready";
+      return;
+    } catch (error) {
+      // No WebGL2, or the library failed: the slices on the canvas still show the result.
+      setVolumeMode(false);
+      $("slice-control").hidden = false;
+      $("viewer-note").textContent = `One plane only: the volume viewer failed (${error.message})`;
+      $("viewer-note").hidden = false;
+    }
+  }
   await showSlice(result.best_slice);
+}
+
+// Volumes in the volume viewer (on) or on the canvas (off): its tools and read-out follow.
+function setVolumeMode(on) {
+  state.volume = on;
+  $("volume-tools").hidden = !on;
+  $("readout-bar").hidden = !on;
+  if (!on) {
+    state.onSliceChange = null;
+    hideVolume();
+  }
 }
 
 // Forget the shown result (a new file was chosen, or a run failed): nothing of it stays on
@@ -36,6 +73,7 @@ export function clearResult() {
   state.slices.clear();
   state.hidden.clear();
   state.afterDraw = null;
+  setVolumeMode(false);
   $("canvas").hidden = true;
   $("viewer").dataset.state = "empty";
   $("placeholder").hidden = false;
@@ -112,6 +150,11 @@ function drawOverlay(entry) {
 }
 
 export function redraw() {
+  if (state.volume) {
+    restyleLabels();
+    redrawVolume();
+    return;
+  }
   const entry = state.result && state.slices.get(state.slice);
   if (entry) drawOverlay(entry);
 }
