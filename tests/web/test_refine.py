@@ -11,10 +11,14 @@ import nibabel as nib
 import numpy as np
 import pytest
 from PIL import Image
-from web_helpers import random_png
+from web_helpers import default_settings, random_png
 
+from ssam.inference.backends import use_backend
+from ssam.inference.predictor import SSAMPredictor
 from ssam.inference.refine import RefinePrompt, refine_probabilities
+from ssam.web.app import create_app
 from ssam.web.encoding import decode_label_map_rle, decode_mask_rle
+from ssam.web.server import BackgroundServer
 
 
 def submit(client: httpx.Client, data: bytes, name: str = "image") -> tuple[str, dict]:
@@ -152,3 +156,31 @@ def test_unknown_or_unfinished_jobs(client):
     assert missing.status_code == 404 and "job_id" in missing.json()["detail"]
     assert refine(client, "not-a-job").status_code == 422
     assert undo(client, "0" * 32).status_code == 404
+
+
+def test_refine_on_the_onnx_backend(
+    web_adapter, tiny_checkpoint, web_predictor, upload_root, monkeypatch, tmp_path
+):
+    """Under ``--backend onnx`` slices are encoded and decoded by onnxruntime; a refine decodes
+    its prompts with the torch decoder on that embedding: the same mask as torch's own."""
+    monkeypatch.setenv("SSAM_CACHE", str(tmp_path / "cache"))
+    predictor = SSAMPredictor.from_adapter(web_adapter, tiny_checkpoint, batch_size=2)
+    assert use_backend(predictor, "onnx", web_adapter).startswith("backend: onnx")
+    app = create_app(predictor, default_settings(upload_root))
+    data = random_png(21)
+    points = [[10, 12, 1], [30, 25, 0]]
+    with BackgroundServer(app) as server, httpx.Client(base_url=server.url, timeout=60) as http:
+        job_id, _ = submit(http, data)
+        before = served_labels(http, job_id, 0)
+        body = refine(http, job_id, points=points).json()
+        back = undo(http, job_id).json()
+    pixels = np.moveaxis(np.asarray(Image.open(io.BytesIO(data))), -1, 0).astype(np.float32)
+    inputs, infos = web_predictor.preprocess([pixels])
+    embedding = web_predictor.encode(inputs)[0]
+    token = web_predictor.label_tokens(["polyp"])[0]
+    prompt = RefinePrompt.build([p[:2] for p in points], [p[2] for p in points])
+    probs = refine_probabilities(web_predictor.model, embedding, token, infos[0], prompt)
+    mask = decode_mask_rle(body["mask"])
+    settled = np.abs(probs - 0.5) > 1e-3  # onnx and torch agree to float rounding
+    np.testing.assert_array_equal(mask[settled], (probs >= 0.5)[settled])
+    np.testing.assert_array_equal(decode_label_map_rle(back["label_map"]), before)

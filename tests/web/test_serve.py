@@ -45,6 +45,7 @@ def test_serve_command_starts_on_loopback(
     argv = ["serve", "--adapter", str(web_adapter), "--sam-checkpoint", str(tiny_checkpoint)]
     argv += ["--port", str(port), "--offline", "--queue-size", "1", "--log-level", "warning"]
     argv += ["--allowed-host", "ssam.lab", "--allow-origin", "http://viewer.lab:3000"]
+    argv += ["--max-refine-points", "7", "--refine-undo-depth", "5"]
     codes = []
 
     def run_cli() -> None:
@@ -61,6 +62,8 @@ def test_serve_command_starts_on_loopback(
         time.sleep(0.05)
     try:
         assert servers[0].config.host == "127.0.0.1"
+        settings = servers[0].config.app.state.services.settings
+        assert (settings.max_refine_points, settings.refine_undo_depth) == (7, 5)
         url = f"http://127.0.0.1:{port}"
         assert httpx.get(f"{url}/healthz").json()["queue"]["capacity"] == 2
         labels = httpx.get(f"{url}/v1/labels").json()

@@ -257,6 +257,14 @@ def test_refine_a_slice_by_clicking_in_the_viewer(volume_page, shared_data, tmp_
 
     # The label map download carries the edit: its slice equals what the server now holds.
     edited = nib.load(download(page, "#download-labels", tmp_path)).get_fdata()
+    shown = page.evaluate(
+        """async () => {
+          const { view } = await import('/static/volume.js');
+          return Array.from(view.nv.volumes[1].img);
+        }"""
+    )
+    # The viewer patched the refined slice in place: it holds what the server now has.
+    np.testing.assert_array_equal(np.asarray(shown), edited.ravel(order="F"))
     page.click("#refine-undo")
     expect(status).to_contain_text("1 point(s)")
     page.click("#refine-undo")

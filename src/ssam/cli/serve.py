@@ -76,6 +76,9 @@ def serve_entry(
     max_refine_points: int = typer.Option(
         64, min=1, max=4096, help="most points per click-to-refine call (POST /v1/refine)"
     ),
+    refine_undo_depth: int = typer.Option(
+        32, min=1, max=1024, help="refine edits per job and label that undo can take back"
+    ),
     workers: int = typer.Option(1, min=1, max=16, help="jobs running at once"),
     queue_size: int = typer.Option(4, min=0, help="jobs waiting; one more gets 429"),
     timeout: float = typer.Option(300.0, min=0.1, help="seconds before /v1/segment gives 504"),
@@ -112,6 +115,7 @@ def serve_entry(
         max_slices=max_slices,
         max_labels=max_labels,
         max_refine_points=max_refine_points,
+        refine_undo_depth=refine_undo_depth,
         workers=workers,
         queue_size=queue_size,
         request_timeout_s=timeout,
