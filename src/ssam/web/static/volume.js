@@ -13,6 +13,7 @@
 // Up/Down or PageUp/PageDown step the active plane (Shift: 10 slices). Refine clicks act on
 // the plane the model segmented, the volume's third voxel axis (``view.modelPlane``).
 
+import { apply4, invert4, planeOfThirdAxis } from "./affine.js";
 import { $, hexToRgb } from "./dom.js";
 import { state } from "./state.js";
 
@@ -38,35 +39,6 @@ export const view = {
   marks: null,       // (slice, label) => [[x, y, positive], ...]: refine points to draw
   onRefineClick: null, // (slice, [x, y], positive) => void
 };
-
-// ----- small 4x4 algebra (row-major arrays of rows) ----------------------------------
-
-function invert4(m) {
-  const a = m.map((row, r) => [...row, ...[0, 1, 2, 3].map((c) => (c === r ? 1 : 0))]);
-  for (let c = 0; c < 4; c++) {
-    let pivot = c;
-    for (let r = c + 1; r < 4; r++) if (Math.abs(a[r][c]) > Math.abs(a[pivot][c])) pivot = r;
-    [a[c], a[pivot]] = [a[pivot], a[c]];
-    const p = a[c][c];
-    for (let k = 0; k < 8; k++) a[c][k] /= p;
-    for (let r = 0; r < 4; r++) {
-      if (r === c) continue;
-      const f = a[r][c];
-      for (let k = 0; k < 8; k++) a[r][k] -= f * a[c][k];
-    }
-  }
-  return a.map((row) => row.slice(4));
-}
-
-const apply4 = (m, v) => [0, 1, 2].map((r) => m[r][0] * v[0] + m[r][1] * v[1] + m[r][2] * v[2] + m[r][3]);
-
-// The NiiVue plane that shows slices along the volume's third voxel axis: the world axis
-// (x: sagittal, y: coronal, z: axial) that axis runs most along.
-function planeOfThirdAxis(affine) {
-  const column = [0, 1, 2].map((r) => Math.abs(affine[r][2]));
-  const world = column.indexOf(Math.max(...column));
-  return [2, 1, 0][world];
-}
 
 // ----- loading ---------------------------------------------------------------------------
 
