@@ -18,6 +18,7 @@ package=web/node_modules/@niivue/niivue
 version=$(node -p "require('./$package/package.json').version")
 license=$(node -p "require('./$package/package.json').license")
 staging=$(mktemp -d "$vendor.XXXXXX")
+trap 'rm -rf "$staging"' EXIT  # a failed build leaves no half-built folder behind
 mkdir -p "$staging/niivue"
 cp "$package/dist/index.js" "$staging/niivue/niivue.js"
 printf 'NiiVue %s (%s), https://github.com/niivue/niivue\nFrom npm @niivue/niivue@%s, dist/index.js; built by scripts/build-web.sh.\n' \

@@ -11,7 +11,8 @@ extras=""
 .venv/bin/python -m pip install -q -e ".${extras}"
 # The page's volume viewer (NiiVue, from npm); without npm everything else still works.
 if command -v npm >/dev/null 2>&1; then
-  bash scripts/build-web.sh
+  bash scripts/build-web.sh || echo "setup.sh: the page's volume viewer did not build (above);" \
+    "everything else is installed. Run scripts/build-web.sh again when npm can reach its registry" >&2
 else
   echo "setup.sh: npm not found: the page's volume viewer is not built (see scripts/build-web.sh)" >&2
 fi

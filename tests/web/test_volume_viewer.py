@@ -19,7 +19,7 @@ from PIL import Image
 from playwright.sync_api import expect
 from test_dicom_uploads import write_series
 
-from predict_helpers import crop_mri
+from predict_helpers import crop_mri, kvasir_image
 from ssam.data.io import read_image
 
 SHAPE = (40, 48, 10)  # I, J, K
@@ -86,10 +86,11 @@ def white_centre_x(tile: np.ndarray) -> float:
     return float(cols.mean()) / tile.shape[1]
 
 
-def click_tile(page, box, fx: float, fy: float, shift: bool = False) -> None:
-    """Click at fractions (fx, fy) of a tile (canvas pixels = CSS pixels here)."""
+def click_tile(page, plane: int, fx: float, fy: float, shift: bool = False) -> None:
+    """Click at fractions (fx, fy) of a plane's tile (canvas pixels = CSS pixels here), where
+    the tile is now."""
+    left, top, width, height = tiles(page)[plane]
     origin = page.locator("#gl").bounding_box()
-    left, top, width, height = box
     if shift:
         page.keyboard.down("Shift")
     page.mouse.click(origin["x"] + left + fx * width, origin["y"] + top + fy * height)
@@ -160,6 +161,21 @@ def test_window_slicing_zoom_and_read_out(volume_page, shared_data, tmp_path):
     assert page.input_value("#window-preset") == "custom"
     typed = crop(canvas_picture(page, "volume-mri-typed-window"), axial)
     assert np.abs(typed - brain).mean() > 5
+    # Right-drag windows (the numbers follow, the preset becomes "custom"); a double-click
+    # goes back to "auto".
+    page.select_option("#window-preset", "auto")
+    auto = (page.input_value("#wl-level"), page.input_value("#wl-width"))
+    origin = page.locator("#gl").bounding_box()
+    centre = (origin["x"] + axial[0] + axial[2] / 2, origin["y"] + axial[1] + axial[3] / 2)
+    page.mouse.move(*centre)
+    page.mouse.down(button="right")
+    page.mouse.move(centre[0] + 80, centre[1] - 60, steps=6)
+    page.mouse.up(button="right")
+    assert page.input_value("#window-preset") == "custom"
+    assert (page.input_value("#wl-level"), page.input_value("#wl-width")) != auto
+    page.mouse.dblclick(*centre)
+    assert page.input_value("#window-preset") == "auto"
+    assert (page.input_value("#wl-level"), page.input_value("#wl-width")) == auto
 
     # The wheel over the axial tile steps its slice; keys step the active plane.
     start = readout_voxel(page)
@@ -179,7 +195,7 @@ def test_window_slicing_zoom_and_read_out(volume_page, shared_data, tmp_path):
     assert abs(readout_voxel(page)[2] - after_wheel[2]) == 2
 
     # A click moves the crosshair: voxel, world position (RAS mm) and value read out.
-    click_tile(page, axial, 0.3, 0.6)
+    click_tile(page, 0, 0.3, 0.6)
     voxel = readout_voxel(page)
     data = np.asanyarray(nib.load(volume).dataobj)
     text = page.inner_text("#readout")
@@ -231,26 +247,38 @@ def test_refine_a_slice_by_clicking_in_the_viewer(volume_page, shared_data, tmp_
     segment_in_page(page, volume, ["polyp", "lung"])
     page.wait_for_selector('#volume-viewer[data-state="ready"]')
     page.fill("#opacity", "100")
-    axial = tiles(page)[0]
-    before = crop(canvas_picture(page, "volume-refine-before"), axial)
-    counts_before = page.locator("#legend tr.legend-row td.num:nth-child(3)").all_inner_texts()
-    posts: list[str] = []
-    page.on("request", lambda r: posts.append(r.url) if r.method == "POST" else None)
-
+    posts: list[tuple[str, dict]] = []
+    page.on(
+        "request", lambda r: posts.append((r.url, r.post_data_json)) if r.method == "POST" else None
+    )
     page.check("#refine-mode")
     page.select_option("#refine-label", "lung")
-    click_tile(page, tiles(page)[1], 0.5, 0.5)  # coronal: not the model's plane
+    click_tile(page, 1, 0.5, 0.5)  # coronal: not the model's plane
     expect(page.locator("#refine-status")).to_contain_text("refine on the axial plane")
     assert posts == []
-    slice_before = readout_voxel(page)[2]
+    # Where two spots are: navigation clicks read out their voxels (axial: k stays).
+    page.uncheck("#refine-mode")
+    spots = [(0.4, 0.45), (0.6, 0.55)]
+    voxels = []
+    for spot in spots:
+        click_tile(page, 0, *spot)
+        voxels.append(readout_voxel(page))
+    slice_before = voxels[0][2]
+    before = crop(canvas_picture(page, "volume-refine-before"), tiles(page)[0])
+    counts_before = page.locator("#legend tr.legend-row td.num:nth-child(3)").all_inner_texts()
+    page.check("#refine-mode")
     status = page.locator("#refine-status")
-    click_tile(page, axial, 0.4, 0.45)
+    click_tile(page, 0, *spots[0])
     expect(status).to_contain_text("1 point(s)")
-    click_tile(page, axial, 0.6, 0.55, shift=True)
+    click_tile(page, 0, *spots[1], shift=True)
     expect(status).to_contain_text("2 point(s)")
-    assert len(posts) == 2 and all(url.endswith("/v1/refine") for url in posts)
+    assert [url.rsplit("/", 2)[-2:] for url, _ in posts] == [["v1", "refine"]] * 2
+    # Each click posted the voxel under it: slice k, point (x, y) = (j, i), +/-.
+    (i0, j0, k0), (i1, j1, _) = voxels
+    assert posts[0][1]["slice"] == posts[1][1]["slice"] == k0
+    assert posts[1][1]["points"] == [[j0, i0, 1], [j1, i1, 0]]
     assert readout_voxel(page)[2] == slice_before  # refine clicks leave the crosshair
-    refined = crop(canvas_picture(page, "volume-refine-two-points"), axial)
+    refined = crop(canvas_picture(page, "volume-refine-two-points"), tiles(page)[0])
     assert np.abs(refined - before).mean() > 1  # the slice's labels changed (and the marks)
     counts = page.locator("#legend tr.legend-row td.num:nth-child(3)").all_inner_texts()
     assert counts[1] != counts_before[1] and counts[0] == counts_before[0]
@@ -270,7 +298,7 @@ def test_refine_a_slice_by_clicking_in_the_viewer(volume_page, shared_data, tmp_
     page.click("#refine-undo")
     page.wait_for_selector("#refine-undo[disabled]", state="attached")
     page.uncheck("#refine-mode")
-    restored = crop(canvas_picture(page, "volume-refine-undone"), axial)
+    restored = crop(canvas_picture(page, "volume-refine-undone"), tiles(page)[0])
     assert np.abs(restored - before).mean() < 0.5
     original = nib.load(download(page, "#download-labels", tmp_path)).get_fdata()
     changed = np.nonzero((edited != original).any(axis=(0, 1)))[0].tolist()
@@ -289,7 +317,7 @@ def test_dicom_series_in_the_viewer_and_its_dicom_seg(volume_page, tmp_path):
         assert crop(picture, box).std() > 10, f"plane {plane} is blank"
     screenshot(page, "volume-dicom-page")
     # The viewer reads out the series' own values (HU after rescale) at the clicked voxel.
-    click_tile(page, boxes[0], 0.35, 0.4)
+    click_tile(page, 0, 0.35, 0.4)
     voxel = readout_voxel(page)
     values, _ = read_image(tmp_path / "series")
     shown = float(page.inner_text("#readout").split("value ")[1].split(" ")[0])
@@ -307,3 +335,74 @@ def test_dicom_series_in_the_viewer_and_its_dicom_seg(volume_page, tmp_path):
         for frame in dataset.PerFrameFunctionalGroupsSequence
     }
     assert referenced <= {pydicom.dcmread(p).SOPInstanceUID for p in paths}
+
+
+def rotated_x(degrees: float) -> np.ndarray:
+    angle = np.deg2rad(degrees)
+    rotation = np.eye(4)
+    rotation[1:3, 1:3] = [[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]]
+    return rotation
+
+
+@pytest.mark.parametrize(
+    ("layout", "plane"),
+    [("sagittal-stored", "sagittal"), ("oblique", "axial")],
+)
+def test_refine_clicks_follow_the_affine(volume_page, tmp_path, layout, plane):
+    """A volume whose third voxel axis runs along world x (slices are sagittal), and one
+    tilted 20 degrees about x: the viewer finds the model's plane from the affine, starts on
+    the server's best slice, and a refine click posts the voxel the crosshair reads out there
+    (whose value is the file's at that voxel)."""
+    page = volume_page
+    path = phantom(tmp_path / "base.nii.gz", flip_x=False)
+    base = nib.load(path)
+    data = np.asanyarray(base.dataobj)
+    if layout == "sagittal-stored":  # voxel (a, b, c) = phantom (c, b, a): c runs along x
+        data = np.ascontiguousarray(data.transpose(2, 1, 0))
+        affine = base.affine[:, [2, 1, 0, 3]]
+    else:
+        affine = rotated_x(20) @ base.affine
+    volume = tmp_path / f"{layout}.nii.gz"
+    nib.save(nib.Nifti1Image(data, affine), volume)
+    segment_in_page(page, volume, ["lung"])
+    page.wait_for_selector('#volume-viewer[data-state="ready"]')
+    assert page.inner_text("#model-plane") == plane
+    code = {"axial": 0, "coronal": 1, "sagittal": 2}[plane]
+    best = page.evaluate("async () => (await import('/static/state.js')).state.result.best_slice")
+    assert readout_voxel(page)[2] == best
+    click_tile(page, code, 0.45, 0.55)
+    i, j, k = readout_voxel(page)
+    shown = float(page.inner_text("#readout").split("value ")[1].split(" ")[0])
+    near = data[max(i - 1, 0) : i + 2, max(j - 1, 0) : j + 2, max(k - 1, 0) : k + 2]
+    if layout == "oblique":  # NiiVue samples the voxel whose centre is nearest: +-1 at edges
+        assert np.isclose(near, shown, atol=1e-3).any()
+    else:
+        assert shown == pytest.approx(float(data[i, j, k]), abs=1e-3)
+    with page.expect_request("**/v1/refine") as request:
+        page.check("#refine-mode")
+        click_tile(page, code, 0.45, 0.55)
+    body = request.value.post_data_json
+    assert body["slice"] == k and body["points"] == [[j, i, 1]]
+    expect(page.locator("#refine-status")).to_contain_text("1 point(s)")
+    screenshot(page, f"volume-{layout}-refined", "#gl")
+
+
+def test_volume_then_image_then_volume(volume_page, shared_data, tmp_path):
+    """Switching between volumes and 2D images: each result shows in its own view, nothing of
+    the previous one stays."""
+    page = volume_page
+    segment_in_page(page, phantom(tmp_path / "a.nii.gz", flip_x=False), ["lung"])
+    page.wait_for_selector('#volume-viewer[data-state="ready"]')
+    segment_in_page(page, kvasir_image(shared_data), ["polyp"])
+    assert page.is_visible("#canvas") and not page.is_visible("#volume-viewer")
+    assert not page.is_visible("#volume-tools") and not page.is_visible("#readout-bar")
+    assert not page.is_visible("#slice-control")
+    paths = write_series(tmp_path / "series", "1.2.826.0.1.83", 4)
+    segment_in_page(page, paths, ["lung"])
+    page.wait_for_selector('#volume-viewer[data-state="ready"]')
+    assert not page.is_visible("#canvas") and page.is_visible("#volume-tools")
+    assert page.inner_text("#volume-slice").endswith("/ 4")
+    names = page.locator("#legend tr.legend-row").evaluate_all(
+        "rows => rows.map(r => r.dataset.label)"
+    )
+    assert names == ["lung"]

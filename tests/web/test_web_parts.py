@@ -1,4 +1,5 @@
-"""The web app's pure parts: the embedding LRU's byte budget, run-length codes, sniffing."""
+"""The web app's pure parts: the embedding LRU's byte budget, run-length codes, sniffing,
+the viewer's image kept compactly."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import torch
 
 from ssam.web.cache import EmbeddingCache
 from ssam.web.encoding import (
+    compact_intensities,
     decode_label_map_rle,
     decode_mask_rle,
     encode_label_map_rle,
@@ -64,3 +66,21 @@ def test_sniffing_reads_content_not_names(tmp_path):
     assert sniff_format(gzip.compress(b"not a volume" * 100)) is None
     assert sniff_format(b"GIF89a" + bytes(400)) is None
     assert sniff_format(b"") is None
+
+
+@pytest.mark.parametrize(
+    ("values", "kept"),
+    [
+        (np.array([[-1024.0, 0.0], [3071.0, 40.0]], np.float32), False),  # whole HU: int16
+        (np.array([[0.5, 1.0]], np.float32), True),  # fractions stay
+        (np.array([[0.0, 40000.0]], np.float32), True),  # beyond int16 stays
+        (np.array([[np.nan, 1.0]], np.float32), True),
+        (np.array([[3, 4]], np.uint16), True),  # integers are already exact
+    ],
+)
+def test_viewer_images_are_kept_as_int16_only_when_exact(values, kept):
+    compact = compact_intensities(values)
+    assert (compact is values) == kept
+    np.testing.assert_array_equal(compact, values)
+    if not kept:
+        assert compact.dtype == np.int16

@@ -12,6 +12,7 @@ import base64
 import io
 import json
 import tempfile
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -108,6 +109,38 @@ def label_map_file(result: WebSegmentation, array: np.ndarray | None = None) -> 
         data = path.read_bytes()
     media = "image/png" if suffix == ".png" else "application/gzip"
     return FileBytes(data, media, f"label_map{suffix}")
+
+
+def compact_intensities(values: np.ndarray) -> np.ndarray:
+    """``values`` as int16 when every one is a whole number in its range (DICOM series decode
+    as float32 even when all are whole HU), else unchanged: half the memory a kept job holds."""
+    if values.dtype.kind != "f" or values.size == 0:
+        return values
+    low, high = float(np.min(values)), float(np.max(values))
+    limits = np.iinfo(np.int16)
+    if not (np.isfinite(low) and np.isfinite(high) and low >= limits.min and high <= limits.max):
+        return values
+    if not all(np.array_equal(plane, np.rint(plane)) for plane in values):
+        return values
+    return values.astype(np.int16)
+
+
+class ImageVolume:
+    """A kept job's image for the page's viewer: its values (e.g. HU; None: the 0-255 values
+    the model saw) until the NIfTI file is first asked for, then that file's bytes only."""
+
+    def __init__(self, values: np.ndarray | None) -> None:
+        self._values = None if values is None else compact_intensities(values)
+        self._file: FileBytes | None = None
+        self._lock = threading.Lock()
+
+    def file(self, result: WebSegmentation) -> FileBytes:
+        """``image.nii.gz`` (``intensities_file``), built once."""
+        with self._lock:
+            if self._file is None:
+                self._file = intensities_file(result, self._values)
+                self._values = None
+            return self._file
 
 
 def intensities_file(result: WebSegmentation, values: np.ndarray | None) -> FileBytes:

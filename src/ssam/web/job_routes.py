@@ -21,7 +21,6 @@ from ssam.web.encoding import (
     FileBytes,
     dicom_seg_file,
     display_slice,
-    intensities_file,
     label_map_file,
     label_slice,
     labels_file,
@@ -132,7 +131,7 @@ async def image_volume(
     stored values (e.g. HU; a DICOM series converted), else the 0-255 values the model saw.
     The page's volume viewer loads it with ``label_map``."""
     output = _output(services, job_id)
-    return _download(await run_in_threadpool(intensities_file, output.result, output.intensities))
+    return _download(await run_in_threadpool(output.image.file, output.result))
 
 
 def _download(file: FileBytes) -> Response:

@@ -9,12 +9,12 @@ import time
 from dataclasses import dataclass, field
 from functools import partial
 
-import numpy as np
 from fastapi import Request
 from pydicom.dataset import Dataset
 
 from ssam.config.data import IntensityConfig
 from ssam.data.io import read_dicom_source_headers
+from ssam.web.encoding import ImageVolume
 from ssam.web.engine import SegmentationEngine, WebSegmentation
 from ssam.web.errors import JobCancelled, RequestError
 from ssam.web.jobs import Job, JobQueue
@@ -42,15 +42,15 @@ class JobOutput:
     """A finished segmentation job: the result, seconds per phase, its JSON summary, the
     refine edits made to the result since (``ssam.web.refine``), and for a DICOM upload its
     headers in slice order (no pixel data; what a DICOM-SEG download references);
-    ``intensities``: a one-channel volume's stored values (I, J, K), e.g. HU, for the page's
-    viewer (None for 2D images and colour volumes)."""
+    ``image``: what the page's viewer shows under the labels (a one-channel volume's stored
+    values, e.g. HU; the model's 0-255 input for 2D images and colour volumes)."""
 
     result: WebSegmentation
     timings: dict[str, float]
     summary: dict
     edits: EditHistory = field(default_factory=EditHistory)
     sources: tuple[Dataset, ...] = ()
-    intensities: np.ndarray | None = None
+    image: ImageVolume = field(default_factory=lambda: ImageVolume(None))
 
 
 def get_services(request: Request) -> Services:
@@ -85,8 +85,8 @@ def run_job(
     timings = {"read": read, **result.timings}
     summary = {**summarise(result, timings), "provenance": provenance(result, *origin)}
     grey_volume = result.is_volume and upload.image.shape[0] == 1
-    intensities = upload.image[0] if grey_volume else None
-    return JobOutput(result, timings, summary, sources=sources, intensities=intensities)
+    image = ImageVolume(upload.image[0] if grey_volume else None)
+    return JobOutput(result, timings, summary, sources=sources, image=image)
 
 
 async def admit_upload(

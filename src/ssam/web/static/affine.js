@@ -23,10 +23,10 @@ export function invert4(m) {
 export const apply4 = (m, v) =>
   [0, 1, 2].map((r) => m[r][0] * v[0] + m[r][1] * v[1] + m[r][2] * v[2] + m[r][3]);
 
-// The NiiVue plane that shows slices along the volume's third voxel axis: the world axis
-// (x: sagittal, y: coronal, z: axial) that axis runs most along.
-export function planeOfThirdAxis(affine) {
-  const column = [0, 1, 2].map((r) => Math.abs(affine[r][2]));
-  const world = column.indexOf(Math.max(...column));
-  return [2, 1, 0][world];
+// The NiiVue plane (0 axial, 1 coronal, 2 sagittal) that shows slices along the volume's
+// third voxel axis, from NiiVue's ``permRAS`` (per RAS axis, the signed 1-based voxel axis
+// laid along it): the plane across the RAS axis that voxel axis 3 became.
+export function planeOfSliceAxis(permRAS) {
+  const axis = Array.from(permRAS).findIndex((p) => Math.abs(p) === 3);
+  return [2, 1, 0][axis];
 }

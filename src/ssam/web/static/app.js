@@ -188,8 +188,8 @@ async function runSegmentation() {
     const response = await fetch("/v1/jobs", { method: "POST", body: form });
     if (!response.ok) throw new Error(await errorMessage(response));
     const job = await response.json();
-    state.jobId = job.id;
     const status = await pollJob(job.id);
+    state.jobId = job.id; // only now: until then the links and refine act on the shown job
     resetRefine(status.result);
     await showResult(status.result);
   } catch (error) {

@@ -9,7 +9,7 @@
 import { $, el, errorMessage, formatNumber, showError } from "./dom.js";
 import { state } from "./state.js";
 import { redraw } from "./viewer.js";
-import { patchLabelSlice, view } from "./volume.js";
+import { patchLabelSlice, redrawVolume, view } from "./volume.js";
 
 const points = new Map(); // "slice:label" -> [[x, y, 1|0], ...], slice pixels
 let busy = false;
@@ -78,7 +78,7 @@ async function applyAnswer(answer) {
   points.set(key(answer.slice, answer.label), answer.points);
   const entry = state.slices.get(answer.slice);
   if (state.volume) {
-    patchLabelSlice(answer.slice, answer.label_map);
+    patchLabelSlice(answer.slice, answer.label_map); // uploads the labels once
   } else if (entry) {
     const response = await fetch(`/v1/jobs/${state.jobId}/slices/${answer.slice}/labels`);
     if (!response.ok) throw new Error(await errorMessage(response));
@@ -95,15 +95,20 @@ async function applyAnswer(answer) {
   $("refine-undo").disabled = answer.undo_depth === 0;
   $("refine-status").textContent = `slice ${answer.slice + 1}: ${answer.points.length} point(s), ` +
     `${answer.timings_ms.total.toFixed(0)} ms`;
-  if (answer.slice === state.slice || state.volume) redraw();
+  if (state.volume) redrawVolume(); // the marks
+  else if (answer.slice === state.slice) redraw();
 }
 
+// One refine or undo call; an answer for a job no longer shown (another file was run
+// meanwhile) is dropped.
 async function run(action) {
   if (busy || !state.result) return;
   busy = true;
   showError("");
+  const jobId = state.jobId;
   try {
-    await applyAnswer(await action());
+    const answer = await action();
+    if (state.jobId === jobId && state.result) await applyAnswer(answer);
   } catch (error) {
     showError(error.message);
   } finally {

@@ -46,7 +46,7 @@ export async function showResult(result) {
     } catch (error) {
       // No WebGL2, or the library failed: the slices on the canvas still show the result.
       setVolumeMode(false);
-      $("slice-control").hidden = false;
+      $("slice-control").hidden = result.slices <= 1;
       $("viewer-note").textContent = `One plane only: the volume viewer failed (${error.message})`;
       $("viewer-note").hidden = false;
     }

@@ -13,7 +13,7 @@
 // Up/Down or PageUp/PageDown step the active plane (Shift: 10 slices). Refine clicks act on
 // the plane the model segmented, the volume's third voxel axis (``view.modelPlane``).
 
-import { apply4, invert4, planeOfThirdAxis } from "./affine.js";
+import { apply4, invert4, planeOfSliceAxis } from "./affine.js";
 import { $, hexToRgb } from "./dom.js";
 import { state } from "./state.js";
 
@@ -75,7 +75,7 @@ async function createViewer() {
     centerButton: pan,
   });
   nv.onLocationChange = readOut;
-  nv.onMouseUp = () => showWindow();
+  nv.onMouseUp = () => syncWindow(); // a right-drag may have changed the window
   const draw = nv.drawScene.bind(nv);
   nv.drawScene = (...args) => {
     const value = draw(...args);
@@ -101,13 +101,11 @@ export async function showVolume(result) {
   view.toWorld = affine;
   view.toVoxel = invert4(affine);
   view.dims = [image.hdr.dims[1], image.hdr.dims[2], image.hdr.dims[3]];
-  view.modelPlane = planeOfThirdAxis(affine);
+  view.modelPlane = planeOfSliceAxis(image.permRAS);
   view.activePlane = view.modelPlane;
   $("volume-viewer").dataset.modelPlane = PLANES[view.modelPlane];
   $("model-plane").textContent = PLANES[view.modelPlane];
-  nv.volumes[1].setColormapLabel(labelColormap(result));
-  nv.setOpacity(1, Number($("opacity").value) / 100);
-  nv.setAtlasOutline($("outline").checked ? 1 : 0);
+  styleLabels(result);
   view.range = intensityRange(image.img);
   // CT (air near -1000 HU) opens on the soft-tissue window, anything else on "auto".
   chooseWindow(view.range.full[0] < -500 ? "soft tissue" : "auto");
@@ -139,13 +137,19 @@ function labelColormap(result) {
   return cm;
 }
 
-// Legend toggles, opacity and outlines changed: draw the labels again.
+// Colours, hidden labels, opacity and outlines of the label volume (the caller uploads it).
+function styleLabels(result) {
+  const labels = view.nv.volumes[1];
+  labels.setColormapLabel(labelColormap(result));
+  labels.opacity = Number($("opacity").value) / 100;
+  view.nv.opts.atlasOutline = $("outline").checked ? 1 : 0;
+}
+
+// Legend toggles, opacity and outlines changed: draw the labels again (one upload).
 export function restyleLabels() {
   const nv = view.nv;
   if (!nv || nv.volumes.length < 2 || !state.result) return;
-  nv.volumes[1].setColormapLabel(labelColormap(state.result));
-  nv.setOpacity(1, Number($("opacity").value) / 100);
-  nv.setAtlasOutline($("outline").checked ? 1 : 0);
+  styleLabels(state.result);
   nv.updateGLVolume();
 }
 
@@ -155,6 +159,9 @@ export function patchLabelSlice(slice, rle) {
   if (!nv || nv.volumes.length < 2) return;
   const labels = nv.volumes[1].img;
   const [I, J] = rle.size;
+  if (I !== view.dims[0] || J !== view.dims[1] || slice >= view.dims[2]) {
+    throw new Error(`refined slice ${slice} (${I} x ${J}) does not fit the shown volume`);
+  }
   let flat = 0;
   rle.values.forEach((value, run) => {
     for (let n = 0; n < rle.lengths[run]; n++, flat++) {
@@ -210,7 +217,25 @@ function setWindow(low, high) {
   showWindow();
 }
 
-// The inputs show the window in force (also after a right-drag).
+// After NiiVue changed the window itself (right-drag): show it, and call it "custom" unless
+// it is still the chosen preset's.
+function syncWindow() {
+  const image = view.nv && view.nv.volumes[0];
+  const name = $("window-preset").value;
+  if (!image || name === "custom") return showWindow();
+  let [low, high] = view.range[name] || [];
+  if (WINDOW_PRESETS[name]) {
+    const [level, width] = WINDOW_PRESETS[name];
+    [low, high] = [level - width / 2, level + width / 2];
+  }
+  const tolerance = 1e-6 * Math.max(1, Math.abs(high - low));
+  if (Math.abs(image.cal_min - low) > tolerance || Math.abs(image.cal_max - high) > tolerance) {
+    $("window-preset").value = "custom";
+  }
+  showWindow();
+}
+
+// The inputs show the window in force.
 function showWindow() {
   const image = view.nv && view.nv.volumes[0];
   if (!image) return;
@@ -248,11 +273,15 @@ function step(delta) {
   view.nv.moveCrosshairInVox(...move);
 }
 
-// Put the crosshair on slice ``k`` of the model's plane, at the volume's centre.
+// NiiVue's fractional position of a world point (mm, the affine's space: NiiVue's own screen
+// "mm" is an axis-aligned one built from the voxel sizes, which differs for oblique volumes).
+const worldToFrac = (world) => view.nv.mm2frac(world, 0, true);
+
+// Put the crosshair on slice ``k`` of the model's plane, at the slice's central voxel.
 function moveToSlice(k) {
   const [I, J] = view.dims;
-  const world = apply4(view.toWorld, [(I - 1) / 2, (J - 1) / 2, k]);
-  view.nv.scene.crosshairPos = view.nv.mm2frac(world);
+  const world = apply4(view.toWorld, [Math.floor(I / 2), Math.floor(J / 2), k]);
+  view.nv.scene.crosshairPos = worldToFrac(world);
   view.nv.createOnLocationChange();
   view.nv.drawScene();
 }
@@ -310,7 +339,9 @@ function refineMouseDown(event) {
   }
   event.preventDefault();
   event.stopPropagation();
-  const world = Array.from(view.nv.screenXY2mm(x, y)).slice(0, 3);
+  const frac = view.nv.screenXY2TextureFrac(x, y, tile);
+  if (frac[0] < 0) return;
+  const world = Array.from(view.nv.frac2mm(frac, 0, true)).slice(0, 3);
   const [i, j, k] = voxelAt(world);
   if (!inside([i, j, k])) return;
   view.onRefineClick(k, [j, i], !event.shiftKey); // slice pixels: x = column j, y = row i
@@ -329,7 +360,7 @@ function drawMarks() {
   const points = view.marks(state.slice, $("refine-label").value);
   for (const [x, y, positive] of points) {
     const world = apply4(view.toWorld, [y, x, state.slice]);
-    const found = view.nv.frac2canvasPosWithTile(view.nv.mm2frac(world), view.modelPlane);
+    const found = view.nv.frac2canvasPosWithTile(worldToFrac(world), view.modelPlane);
     if (!found) continue;
     context.beginPath();
     context.arc(found.pos[0], found.pos[1], 5 * (marks.width / canvas.clientWidth), 0, 2 * Math.PI);
@@ -362,6 +393,8 @@ function wireVolumeControls() {
     step(steps * (event.shiftKey ? 10 : 1));
   });
   box.addEventListener("contextmenu", (event) => event.preventDefault());
+  // NiiVue's double-click resets the window to its own range; the page's reset is "auto".
+  box.addEventListener("dblclick", () => chooseWindow("auto"));
   $("view").addEventListener("change", () => setView($("view").value));
   $("window-preset").addEventListener("change", () => {
     if ($("window-preset").value !== "custom") chooseWindow($("window-preset").value);
