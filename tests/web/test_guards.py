@@ -209,13 +209,35 @@ def test_request_heads_have_a_deadline(make_server):
         assert data.startswith(b"HTTP/1.1 408") and time.monotonic() - tic < 3
 
 
+def read_response(sock: socket.socket) -> bytes:
+    """One whole HTTP/1.1 response with a Content-Length (head and body may arrive in
+    separate segments), leaving the connection open."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(4096)
+        assert chunk, f"connection closed mid-head: {data!r}"
+        data += chunk
+    head, body = data.split(b"\r\n\r\n", 1)
+    length = next(
+        int(line.split(b":", 1)[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+    while len(body) < length:
+        chunk = sock.recv(4096)
+        assert chunk, "connection closed mid-body"
+        body += chunk
+    assert len(body) == length, "more than one response arrived"
+    return head + b"\r\n\r\n" + body
+
+
 def test_the_head_deadline_restarts_per_request_and_spares_slow_bodies(make_server):
     running = make_server(header_timeout_s=1.0)
     whole = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
     with open_sockets(running.port, 1, whole) as keep_alive:
         sock = keep_alive[0]
         sock.settimeout(5)
-        assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+        assert read_response(sock).startswith(b"HTTP/1.1 200")
         time.sleep(1.5)  # idle between requests: uvicorn's keep-alive (5 s) still holds it
         sock.sendall(b"GET /healthz HTTP/1.1\r\n")
         data, seconds = read_until_closed(sock, timeout=5)
