@@ -108,7 +108,7 @@ export async function showVolume(result) {
   styleLabels(result);
   view.range = intensityRange(image.img);
   // CT (air near -1000 HU) opens on the soft-tissue window, anything else on "auto".
-  chooseWindow(view.range.full[0] < -500 ? "soft tissue" : "auto");
+  chooseWindow(view.range.full[0] < -500 ? "soft tissue" : "auto", false);
   setView($("view").value);
   nv.scene.pan2Dxyzmm = [0, 0, 0, 1]; // a new volume starts unzoomed
   // Start on the slice the server found most labelled, in the model's own plane.
@@ -197,23 +197,25 @@ function intensityRange(values) {
   return { full: [low, high], auto: robust[1] > robust[0] ? robust : [low, high] };
 }
 
-function chooseWindow(name) {
-  $("window-preset").value = name;
-  let low;
-  let high;
-  if (name === "auto" || name === "full") [low, high] = view.range[name];
-  else {
-    const [level, width] = WINDOW_PRESETS[name];
-    [low, high] = [level - width / 2, level + width / 2];
-  }
-  setWindow(low, high);
+// [low, high] of a named window: a preset's level/width, or the image's "auto"/"full" range.
+function windowRange(name) {
+  if (!WINDOW_PRESETS[name]) return view.range[name];
+  const [level, width] = WINDOW_PRESETS[name];
+  return [level - width / 2, level + width / 2];
 }
 
-function setWindow(low, high) {
+// Apply a named window; ``upload``: false while loading, where one upload follows anyway (a
+// re-upload of a large volume takes seconds under software WebGL).
+function chooseWindow(name, upload = true) {
+  $("window-preset").value = name;
+  setWindow(...windowRange(name), upload);
+}
+
+function setWindow(low, high, upload = true) {
   const image = view.nv.volumes[0];
   image.cal_min = low;
   image.cal_max = Math.max(high, low + 1e-6);
-  view.nv.updateGLVolume();
+  if (upload) view.nv.updateGLVolume();
   showWindow();
 }
 
@@ -223,11 +225,7 @@ function syncWindow() {
   const image = view.nv && view.nv.volumes[0];
   const name = $("window-preset").value;
   if (!image || name === "custom") return showWindow();
-  let [low, high] = view.range[name] || [];
-  if (WINDOW_PRESETS[name]) {
-    const [level, width] = WINDOW_PRESETS[name];
-    [low, high] = [level - width / 2, level + width / 2];
-  }
+  const [low, high] = windowRange(name);
   const tolerance = 1e-6 * Math.max(1, Math.abs(high - low));
   if (Math.abs(image.cal_min - low) > tolerance || Math.abs(image.cal_max - high) > tolerance) {
     $("window-preset").value = "custom";
