@@ -31,6 +31,7 @@ from ssam.web.uploads import (
     check_dimensions,
     identify_upload,
     new_upload_folder,
+    readable_message,
     save_upload,
     sniff_format,
 )
@@ -98,8 +99,7 @@ def extract_zip(archive: Path, target: Path, settings: ServerSettings) -> int:
     # RuntimeError: an encrypted member; zlib.error / EOFError: corrupt or truncated data.
     except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError,
             RuntimeError, zlib.error) as err:  # fmt: skip
-        message = str(err).replace(str(archive.parent), "upload")
-        raise Unprocessable(f"cannot read the zip: {message}") from None
+        raise Unprocessable(f"cannot read the zip: {readable_message(err, archive)}") from None
     return len(members)
 
 
@@ -108,7 +108,7 @@ def read_series_header(folder: Path, settings: ServerSettings) -> ImagePropertie
     try:
         header = read_header(folder)
     except (DataError, ValueError, OSError) as err:
-        message = str(err).replace(str(folder), "upload")
+        message = readable_message(err, folder)
         raise Unprocessable(f"cannot read the DICOM series: {message}") from None
     check_dimensions(header, settings)
     return header

@@ -65,15 +65,19 @@ def run_job(
     job: Job,
     intensity: IntensityConfig | None = None,
     origin: tuple[dict, dict] = ({}, {}),
+    keep: bool = True,
 ) -> JobOutput:
     """Worker side: decode the staged upload (then delete it), segment, summarise;
-    ``origin``: (model, upload) descriptions for the summary's ``provenance``."""
+    ``origin``: (model, upload) descriptions for the summary's ``provenance``; ``keep``: the
+    result stays for downloads (the page's jobs), so it also holds the DICOM headers a
+    DICOM-SEG references and the image the viewer shows (a one-shot request needs neither)."""
     total = staged.header.shape[2]
     job.report(0, total, phase="reading")
     tic = time.perf_counter()
     try:
         upload = decode_upload(staged)
-        sources = tuple(read_dicom_source_headers(staged.path)) if staged.format == "dicom" else ()
+        dicom = keep and staged.format == "dicom"
+        sources = tuple(read_dicom_source_headers(staged.path)) if dicom else ()
     finally:
         staged.cleanup()
     read = time.perf_counter() - tic
@@ -84,7 +88,7 @@ def run_job(
     job.phase = "summarising"
     timings = {"read": read, **result.timings}
     summary = {**summarise(result, timings), "provenance": provenance(result, *origin)}
-    grey_volume = result.is_volume and upload.image.shape[0] == 1
+    grey_volume = keep and result.is_volume and upload.image.shape[0] == 1
     image = ImageVolume(upload.image[0] if grey_volume else None)
     return JobOutput(result, timings, summary, sources=sources, image=image)
 
@@ -105,7 +109,9 @@ async def admit_upload(
     staged = await stage_uploads(sources, settings)
     try:
         origin = (services.info, describe_upload(sources, staged.size))
-        work = partial(run_job, services.engine, staged, names, intensity=intensity, origin=origin)
+        work = partial(
+            run_job, services.engine, staged, names, intensity=intensity, origin=origin, keep=keep
+        )
         job = services.jobs.submit(work, keep=keep)
     except BaseException:
         staged.cleanup()

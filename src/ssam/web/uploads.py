@@ -191,13 +191,13 @@ def check_dimensions(header: ImageProperties, settings: ServerSettings, axis: in
         )
 
 
-def _readable_message(err: Exception, path: Path) -> str:
+def readable_message(err: Exception, path: Path) -> str:
     """An error message with the server's temporary paths replaced by 'upload'."""
     return str(err).replace(str(path), "upload").replace(str(path.parent), "upload")
 
 
 def _header_error(err: Exception, path: Path) -> Unprocessable:
-    return Unprocessable(f"cannot read the image header: {_readable_message(err, path)}")
+    return Unprocessable(f"cannot read the image header: {readable_message(err, path)}")
 
 
 def identify_upload(folder: Path, settings: ServerSettings) -> tuple[Path, str, ImageProperties]:
@@ -237,7 +237,7 @@ def decode_upload(staged: StagedUpload) -> DecodedUpload:
         known = spacing_is_known(properties)
     except (DataError, ValueError, OSError) as err:
         raise Unprocessable(
-            f"cannot read the image: {_readable_message(err, staged.path)}"
+            f"cannot read the image: {readable_message(err, staged.path)}"
         ) from None
     if image.ndim != 4 or image.shape[0] not in (1, 2, 3):
         raise Unprocessable(f"expected 1 to 3 channels, got an image of shape {image.shape}")

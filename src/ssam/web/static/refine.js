@@ -135,7 +135,8 @@ export function wireRefine() {
   $("refine-mode").addEventListener("change", () => {
     $("viewer").classList.toggle("refining", $("refine-mode").checked);
   });
-  $("refine-label").addEventListener("change", redraw);
+  // Only the marks change: the volume viewer redraws without re-uploading its textures.
+  $("refine-label").addEventListener("change", () => (state.volume ? redrawVolume() : redraw()));
   $("refine-undo").addEventListener("click", () => {
     run(() => post("/v1/refine/undo", { label: $("refine-label").value }));
   });
