@@ -184,18 +184,16 @@ def run_speed(args: argparse.Namespace, argv: list[str]) -> dict:
     }
 
 
-def compare_dice(
-    train_config, adapter: Path, split: str, backends=BACKENDS, out: Path | None = None
-) -> dict:
+def compare_dice(train_config, adapter: Path, split: str) -> dict:
     """Per backend, ``evaluate`` on ``split``; per label the mean Dice, its change from torch
     (negative: worse), the largest per-case change, and the verdict of the decision rule."""
     from ssam.evaluation.evaluate import evaluate
 
     scores: dict[str, dict[tuple[str, str], float]] = {}
-    for backend in backends:
+    for backend in BACKENDS:
         with tempfile.TemporaryDirectory() as work:
             result = evaluate(
-                train_config, adapter, split, out or Path(work), pictures=False, backend=backend
+                train_config, adapter, split, Path(work), pictures=False, backend=backend
             )
         scores[backend] = {(row.case_id, row.label): row.dice for row in result.table.rows}
     labels = sorted({label for _, label in scores["torch"]})
@@ -203,15 +201,15 @@ def compare_dice(
     def mean(backend: str, label: str) -> float:
         return statistics.fmean(d for (_, k), d in scores[backend].items() if k == label)
 
-    mean_dice = {b: {label: mean(b, label) for label in labels} for b in backends}
+    mean_dice = {b: {label: mean(b, label) for label in labels} for b in BACKENDS}
     change = {
         b: {label: mean_dice[b][label] - mean_dice["torch"][label] for label in labels}
-        for b in backends
+        for b in BACKENDS
         if b != "torch"
     }
     case_change = {
         b: max(abs(d - scores["torch"][key]) for key, d in scores[b].items())
-        for b in backends
+        for b in BACKENDS
         if b != "torch"
     }
     worst = min(change.get("onnx-int8", {"": 0.0}).values())

@@ -28,7 +28,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, get_args
 
 import numpy as np
 import torch
@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from ssam.model import SSAM
 
 Backend = Literal["torch", "onnx", "onnx-int8"]
-BACKENDS: tuple[str, ...] = ("torch", "onnx", "onnx-int8")
+BACKENDS: tuple[str, ...] = get_args(Backend)
 EXPORT_VERSION = 1  # part of every cache key: a changed export never reuses an old folder
 RECORD = "backend.json"  # written last: a folder without it is not a finished export
 INT8_OPS = ("MatMul", "Gemm")
