@@ -59,10 +59,12 @@ def build_predictors(
     base, adapter = write_moved_adapter(variant, size, folder, list(labels))
     merged = merge_adapter(adapter, folder / "merged.pth", base)
     plain = {}
-    for name, window in ((SAME_LAYOUT, None), (STOCK, spec.window_size)):
+    for name, window in ((SAME_LAYOUT, None), (STOCK, spec.encoder.window_size)):
         sam = build_sam(spec, size, window)
         load_sam_weights(sam, base, spec)
-        plain[name] = SSAMPredictor(SSAM(sam, TextAffine(512, spec.prompt_embed_dim), None, size))
+        plain[name] = SSAMPredictor(
+            SSAM(sam, TextAffine(512, spec.prompt_embed_dim), None, size, variant=variant)
+        )
     return {
         **plain,
         "ssam_merged": SSAMPredictor.from_merged(merged.checkpoint),

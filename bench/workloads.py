@@ -121,10 +121,12 @@ def build_plain_sam(setup: BenchSetup, checkpoint: str | None = None, stock: boo
     merged checkpoint works too); ``stock``: SAM's own window (``STOCK``), else the S-SAM
     model's layout (``SAME_LAYOUT``)."""
     spec = get_sam_spec(setup.variant)
-    sam = build_sam(spec, setup.image_size, spec.window_size if stock else None)
+    sam = build_sam(spec, setup.image_size, spec.encoder.window_size if stock else None)
     load_sam_weights(sam, checkpoint or setup.checkpoint, spec)
     text_dim = get_text_spec(TEXT_ENCODER).embed_dim
-    model = SSAM(sam, TextAffine(text_dim, spec.prompt_embed_dim), None, setup.image_size)
+    model = SSAM(
+        sam, TextAffine(text_dim, spec.prompt_embed_dim), None, setup.image_size, variant=spec.name
+    )
     model.requires_grad_(True)
     model.text_encoder = build_text_encoder(TEXT_ENCODER, setup.clip_checkpoint)  # frozen
     return model

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from predict_helpers import one_thread, train_adapter
+from predict_helpers import lite_model_config, one_thread, train_adapter
 from ssam.config.model import ModelConfig
 from ssam.factory import create_model
 from ssam.sam.build import build_random_sam
@@ -55,6 +55,12 @@ def single_thread() -> Iterator[None]:
 def adapter(single_thread, tiny_checkpoint, tmp_path_factory) -> Path:
     """A tiny adapter trained a few steps on one thread, saved once per module that asks."""
     return train_adapter(tiny_checkpoint, tmp_path_factory.mktemp("adapter"))
+
+
+@pytest.fixture(scope="module")
+def lite_adapter(single_thread, tmp_path_factory) -> Path:
+    """A LiteMedSAM adapter (the default base, 64 px, random text tower) trained two steps."""
+    return train_adapter(None, tmp_path_factory.mktemp("lite"), config=lite_model_config())
 
 
 @pytest.fixture()

@@ -47,23 +47,36 @@ def tiny_model_config(checkpoint: Path, image_size: int = TINY_SIZE, variant: st
     )
 
 
+def lite_model_config(image_size: int = TINY_SIZE) -> ModelConfig:
+    """LiteMedSAM (the default base, real weights from its package) at a small input size,
+    with the seeded random CLIP text tower (no CLIP weights offline)."""
+    return ModelConfig(image_size=image_size, random_text_tower=True, allow_download=False)
+
+
 def train_adapter(
-    checkpoint: Path, folder: Path, labels: Sequence[str] = LABELS, steps: int = 2
+    checkpoint: Path | None,
+    folder: Path,
+    labels: Sequence[str] = LABELS,
+    steps: int = 2,
+    config: ModelConfig | None = None,
 ) -> Path:
-    """A tiny model trained a few AdamW steps (so the adapter is not the identity), saved.
+    """A model trained a few AdamW steps (so the adapter is not the identity), saved: the
+    tiny SAM of ``checkpoint``, or the model ``config`` describes.
 
     Runs with ``SSAM_CACHE`` inside ``folder``: module-scoped fixtures run before the
     per-test cache is set up.
     """
+    config = config or tiny_model_config(checkpoint)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("SSAM_CACHE", str(folder / "cache"))
         torch.manual_seed(0)
-        model = create_model(tiny_model_config(checkpoint))
+        model = create_model(config)
         model.train()
         params = [p for p in model.parameters() if p.requires_grad]
         optimiser = torch.optim.AdamW(params, lr=1e-2)
+        size = config.image_size
         for _ in range(steps):
-            images = torch.randn(2, 3, TINY_SIZE, TINY_SIZE)
+            images = torch.randn(2, 3, size, size)
             loss = (model(images, [labels[0], labels[-1]]) - 1).square().mean()
             optimiser.zero_grad()
             loss.backward()

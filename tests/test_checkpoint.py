@@ -12,7 +12,7 @@ import torch
 from ssam.errors import CheckpointError
 from ssam.sam.build import build_random_sam, build_sam
 from ssam.sam.checkpoint import load_sam_weights, read_state_dict, save_state_dict
-from ssam.sam.variants import SamSpec, get_sam_spec
+from ssam.sam.variants import SamSpec, ViTEncoderSpec, get_sam_spec
 
 
 class _RunsCode:
@@ -98,17 +98,15 @@ def test_missing_and_unexpected_keys(tiny_checkpoint, tmp_path):
 
 def test_not_a_sam_checkpoint(tmp_path):
     path = save_state_dict({"weight": torch.zeros(3)}, tmp_path / "other.pth")
-    with pytest.raises(CheckpointError, match="not a SAM checkpoint"):
+    with pytest.raises(CheckpointError, match="not a tiny .* checkpoint: no vit image encoder"):
         _load_tiny(path)
 
 
 def test_wrong_tensor_shape_same_dims(tmp_path):
     other = SamSpec(
         "other",
-        32,
-        4,
-        2,
-        (1, 3),
+        "vit",
+        ViTEncoderSpec(32, 4, 2, (1, 3)),
         prompt_embed_dim=32,
         decoder_mlp_dim=48,
         decoder_num_heads=2,

@@ -13,6 +13,7 @@ from ssam.cli.main import app
 from ssam.cli.params import compute_parameter_report
 from ssam.config.model import ModelConfig
 from ssam.factory import count_sam_parameters, create_model
+from ssam.sam.families import get_family
 from ssam.train.losses import segmentation_loss
 from ssam.tuning.adapter import adapter_state_dict, load_adapter, save_adapter
 from ssam.tuning.lora import (
@@ -39,16 +40,25 @@ def _train_step(model: nn.Module, lr: float = 1e-2) -> None:
     optimiser.step()
 
 
+@pytest.fixture(params=["tiny", "litemedsam"])
+def base_config(request, tiny_config) -> ModelConfig:
+    """Each encoder family: SAM ViT (tiny) and LiteMedSAM's TinyViT (real weights, 64 px)."""
+    if request.param == "tiny":
+        return tiny_config
+    return ModelConfig(image_size=64, random_text_tower=True, svd_cache=False)
+
+
 @pytest.mark.parametrize("method", sorted(METHODS))
-def test_method_trains_only_its_groups(method, tiny_config):
+def test_method_trains_only_its_groups(method, base_config):
     torch.manual_seed(0)
-    model = create_model(tiny_config.model_copy(update={"method": method}))
+    model = create_model(base_config.model_copy(update={"method": method}))
     groups = configure_trainable(model, method)
     assert all(n > 0 for n in groups.values())
     assert sum(groups.values()) == sum(p.numel() for p in model.parameters() if p.requires_grad)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     _train_step(model)
-    patterns = [(g, re.compile(rx)) for g, rx in METHODS[method].groups]
+    groups_here = METHODS[method].resolve_groups(get_family(model.variant))
+    patterns = [(g, re.compile(rx)) for g, rx in groups_here]
     reached = dict.fromkeys(groups, False)
     for name, p in model.named_parameters():
         if p.grad is not None:
@@ -64,8 +74,8 @@ def test_method_trains_only_its_groups(method, tiny_config):
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))
-def test_adapter_round_trip_every_method(method, tiny_config, tmp_path):
-    config = tiny_config.model_copy(update={"method": method})
+def test_adapter_round_trip_every_method(method, base_config, tmp_path):
+    config = base_config.model_copy(update={"method": method})
     torch.manual_seed(0)
     model = create_model(config)
     _train_step(model)
@@ -83,11 +93,11 @@ def test_adapter_round_trip_every_method(method, tiny_config, tmp_path):
 
 def test_lora_count_vit_b_by_hand():
     # 12 blocks x (q and v) x (A: r x 768 + B: 768 x r), r = 4
-    report = compute_parameter_report(ModelConfig(method="lora"))
+    report = compute_parameter_report(ModelConfig(variant="vit_b", method="lora"))
     per_block = 2 * (4 * 768 + 768 * 4)
     assert report["groups"] == {"lora down and up": 12 * per_block, "text affine": TEXT_AFFINE}
     assert report["trainable"] == 147_456 + 131_840
-    rank8 = compute_parameter_report(ModelConfig(method="lora", lora_rank=8))
+    rank8 = compute_parameter_report(ModelConfig(variant="vit_b", method="lora", lora_rank=8))
     assert rank8["groups"]["lora down and up"] == 2 * 147_456
 
 
@@ -107,18 +117,18 @@ def _mask_decoder_count() -> int:
 
 
 def test_decoder_count_vit_b_by_hand():
-    report = compute_parameter_report(ModelConfig(method="decoder"))
+    report = compute_parameter_report(ModelConfig(variant="vit_b", method="decoder"))
     assert _mask_decoder_count() == 4_058_340
     assert report["groups"] == {"mask decoder": 4_058_340, "text affine": TEXT_AFFINE}
 
 
 def test_bias_and_full_counts_vit_b_by_hand():
-    groups = compute_parameter_report(ModelConfig(method="bias"))["groups"]
+    groups = compute_parameter_report(ModelConfig(variant="vit_b", method="bias"))["groups"]
     per_block_bias = 3 * 768 + 768 + 4 * 768 + 768  # qkv, proj, lin1, lin2
     assert groups["encoder biases"] == 768 + 12 * per_block_bias  # + patch embedding
     assert groups["encoder LayerNorms"] == 12 * 2 * 2 * 768 + 2 * 2 * 256  # blocks + neck
     assert groups["decoder transformer LayerNorms"] == (2 * 4 + 1) * 2 * 256
-    full = compute_parameter_report(ModelConfig(method="full"))
+    full = compute_parameter_report(ModelConfig(variant="vit_b", method="full"))
     # SAM's 1024 count with the 64x64 positions pooled to 16x16 and every relative-position
     # table (head dim 64) at length 2*16-1 instead of 127 (4 global) or 27 (8 windowed).
     rel_1024 = 2 * 64 * (4 * 127 + 8 * 27)
@@ -129,9 +139,12 @@ def test_bias_and_full_counts_vit_b_by_hand():
 
 def test_params_command_lists_methods():
     runner = CliRunner()
-    result = runner.invoke(app, ["params", "--method", "lora"])
+    result = runner.invoke(app, ["params", "--model", "vit_b", "--method", "lora"])
     assert result.exit_code == 0, result.output
     assert "147,456" in result.output and "279,296" in result.output
+    default = runner.invoke(app, ["params"])  # the default base: LiteMedSAM
+    assert default.exit_code == 0, default.output
+    assert "ssam on litemedsam" in default.output and "180,648" in default.output
     bad = runner.invoke(app, ["params", "--method", "nope"])
     assert bad.exit_code != 0
 
@@ -164,6 +177,32 @@ def test_lora_layer_starts_at_base_and_merges_exactly():
         LoRALinear(nn.Linear(4, 10), rank=2, parts=3)
 
 
+def test_lora_per_head_rows_follow_tinyvits_qkv_layout():
+    """TinyViT's qkv rows run head by head (q, k, v of head 0, then head 1, ...): one q and
+    one v adapter each cover all heads' q (v) rows, and the k rows stay unchanged."""
+    torch.manual_seed(0)
+    heads, per = 2, 4
+    layer = LoRALinear(nn.Linear(8, 3 * heads * per), rank=2, parts=3, adapted=(0, 2), heads=heads)
+    with torch.no_grad():
+        layer.lora_B.normal_()
+    delta = layer.delta_weight().view(heads, 3, per, 8)  # (head, q/k/v, row, in)
+    assert torch.all(delta[:, 1] == 0) and torch.all(delta[:, 0] != 0)
+    blocks = compute_lora_delta(layer.lora_A, layer.lora_B, 1.0, 3, (0, 2)).view(3, heads, per, 8)
+    assert torch.equal(delta.transpose(0, 1), blocks)  # the same change, rows regrouped
+    x = torch.randn(5, 8)
+    merged = layer.merge()
+    assert torch.allclose(merged(x), layer(x), atol=1e-5)
+
+
+def test_lora_count_litemedsam_by_hand():
+    # q and v of every TinyViT attention block, rank 4: blocks 2 @ 128, 6 @ 160, 2 @ 320 wide
+    report = compute_parameter_report(ModelConfig(method="lora"))
+    per_width = lambda dim: 2 * (4 * dim + dim * 4)  # noqa: E731
+    lora = 2 * per_width(128) + 6 * per_width(160) + 2 * per_width(320)
+    assert report["groups"] == {"lora down and up": lora, "text affine": TEXT_AFFINE}
+    assert lora == 29_696
+
+
 def test_lora_model_merged_equals_unmerged(tiny_config):
     torch.manual_seed(0)
     model = create_model(tiny_config.model_copy(update={"method": "lora"})).eval()
@@ -184,7 +223,7 @@ def test_lora_model_merged_equals_unmerged(tiny_config):
 
 def test_lora_injection_errors_and_meta():
     with pytest.raises(ValueError, match="no nn.Linear layer matches"):
-        inject_lora(nn.Sequential(nn.Linear(2, 2)), rank=2)
+        inject_lora(nn.Sequential(nn.Linear(2, 2)), 2, [LoRATarget("attn.qkv")])
     with torch.device("meta"):
         model = nn.Sequential(nn.Linear(4, 4))
         inject_lora(model, rank=2, targets=[LoRATarget("0")])

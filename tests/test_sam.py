@@ -22,23 +22,24 @@ from ssam.sam.checkpoint import (
     resize_pos_embed,
     resize_rel_pos,
 )
-from ssam.sam.variants import SAM_VARIANTS, compute_window_size, get_sam_spec
+from ssam.sam.variants import SAM_VARIANTS, get_sam_spec
+from ssam.sam.vit import compute_window_size
 
 
 def _official_sam(spec) -> Sam:
     """segment_anything's own ``_build_sam`` recipe, spelled out for an arbitrary spec."""
     return Sam(
         image_encoder=ImageEncoderViT(
-            depth=spec.encoder_depth,
-            embed_dim=spec.encoder_embed_dim,
+            depth=spec.encoder.depth,
+            embed_dim=spec.encoder.embed_dim,
             img_size=1024,
             mlp_ratio=4,
             norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
-            num_heads=spec.encoder_num_heads,
+            num_heads=spec.encoder.num_heads,
             patch_size=16,
             qkv_bias=True,
             use_rel_pos=True,
-            global_attn_indexes=spec.encoder_global_attn_indexes,
+            global_attn_indexes=spec.encoder.global_attn_indexes,
             window_size=14,
             out_chans=spec.prompt_embed_dim,
         ),

@@ -83,10 +83,10 @@ def test_factorised_dense_and_merged_paths_agree(kind):
         base, x = nn.Conv2d(12, 8, k, padding=k // 2, bias=False), torch.randn(2, 12, 6, 6)
         layer = SVDConv2d.from_conv(base)
     _perturb(layer)
-    factorised = layer(x)  # grad enabled and spectrum trainable: factorised path
-    assert layer.use_factorised()
+    factorised = layer(x)  # grad enabled, spectrum trainable, few tokens: factorised path
+    assert layer.use_factorised(2)
     with torch.no_grad():
-        assert not layer.use_factorised()
+        assert not layer.use_factorised(2)
         dense = layer(x)
     merged = layer.merge()
     assert type(merged) is type(base)
@@ -167,5 +167,44 @@ def test_find_targets_glob_and_unmatched_patterns():
 
 
 def test_grouped_conv_is_refused():
-    with pytest.raises(ValueError, match="groups=1"):
+    with pytest.raises(ValueError, match="groups=1 or depthwise"):
         SVDConv2d.from_conv(nn.Conv2d(4, 4, 3, groups=2))
+
+
+def test_depthwise_conv_is_tuned_as_channels_by_kernel():
+    """A depthwise conv (TinyViT's 3x3 per-channel filters) is C x k² under SVD: it starts
+    equal, trains through its rebuilt weight (no factorised form), and merges exactly."""
+    torch.manual_seed(3)
+    base = nn.Conv2d(16, 16, 3, stride=2, padding=1, groups=16, bias=False)
+    layer = SVDConv2d.from_conv(base)
+    assert layer.rank == 9 and layer.U.shape == (16, 9) and layer.Vh.shape == (9, 9)
+    x = torch.randn(2, 16, 11, 11)
+    assert _relative(layer(x), base(x)) < 1e-5
+    _perturb(layer)
+    assert not layer.use_factorised(1)  # depthwise: always the rebuilt weight
+    out = layer(x)
+    out.square().sum().backward()
+    assert layer.svd_scale.grad.abs().sum() > 0 and layer.svd_shift.grad.abs().sum() > 0
+    merged = layer.merge()
+    assert merged.groups == 16 and type(merged) is nn.Conv2d
+    with torch.no_grad():
+        assert _relative(merged(x), out) < 1e-5 and _relative(layer(x), out) < 1e-5
+
+
+@pytest.mark.parametrize("tokens", [4, 50_000])
+def test_training_path_follows_cost_and_both_give_the_same_gradients(tokens):
+    """Few tokens: ((x V) * s') U^T; many: W' rebuilt per call. Same outputs and gradients."""
+    torch.manual_seed(4)
+    layer = SVDLinear.from_linear(nn.Linear(128, 128))  # square: dense wins beyond 256 tokens
+    _perturb(layer)
+    x = torch.randn(tokens, 128)
+    factorised = layer.use_factorised(tokens)
+    assert factorised == (tokens == 4)
+    grads = []
+    for force in (True, False):
+        layer.zero_grad()
+        layer.use_factorised = lambda t, force=force: force  # the other path, same layer
+        layer(x).sin().sum().backward()
+        grads.append((layer.svd_scale.grad.clone(), layer.svd_shift.grad.clone()))
+    del layer.use_factorised
+    assert _relative(grads[0][0], grads[1][0]) < 1e-4 and _relative(grads[0][1], grads[1][1]) < 1e-4

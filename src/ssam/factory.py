@@ -7,6 +7,7 @@ the method's trainable set.
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -14,16 +15,18 @@ from pathlib import Path
 import torch
 
 from ssam.config.model import ModelConfig
+from ssam.errors import CheckpointError, DownloadError
 from ssam.model import SSAM
 from ssam.sam.build import build_empty_sam, build_sam
 from ssam.sam.checkpoint import load_sam_weights
-from ssam.sam.variants import get_sam_spec
-from ssam.text import TextAffine, build_text_encoder, get_text_spec
-from ssam.tuning.lora import inject_lora
+from ssam.sam.families import get_family
+from ssam.sam.variants import SamSpec, get_sam_spec
+from ssam.text import TextAffine, TextEncoder, build_text_encoder, get_text_spec
+from ssam.tuning.lora import inject_lora, qkv_targets
 from ssam.tuning.methods import configure_trainable, get_method
 from ssam.tuning.svd import inject_svd
 from ssam.tuning.svd_cache import load_svd_factors, save_svd_factors
-from ssam.weights import file_sha256, resolve_weights
+from ssam.weights import PackagedWeights, file_sha256, resolve_weights
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +51,11 @@ class BaseInfo:
 
 
 def _inject_svd(sam: torch.nn.Module, config: ModelConfig, sha256: str | None) -> None:
-    """SVD-tune ``config.svd_targets``; factors come from the per-checkpoint cache if present."""
+    """SVD-tune the targets (``config.svd_targets``, else the encoder family's); factors come
+    from the per-checkpoint cache if present."""
     use_cache = config.svd_cache and sha256 is not None
     cached = load_svd_factors(sha256) if use_cache else {}
-    factors = inject_svd(sam, config.svd_targets, cached)
+    factors = inject_svd(sam, svd_targets(config), cached)
     if use_cache and set(factors) - set(cached):
         try:
             save_svd_factors(sha256, factors)
@@ -61,11 +65,16 @@ def _inject_svd(sam: torch.nn.Module, config: ModelConfig, sha256: str | None) -
 
 def _inject_lora(sam: torch.nn.Module, config: ModelConfig, sha256: str | None) -> None:
     """Rank-``config.lora_rank`` LoRA on q and v of every encoder ``attn.qkv`` (SAMed)."""
-    inject_lora(sam, config.lora_rank)
+    family = get_family(config.variant)
+    inject_lora(sam, config.lora_rank, qkv_targets(family.lora_qkv, family.qkv_per_head))
 
 
 # Method.inject names one of these: (plain SAM, config, checkpoint SHA-256) -> None, in place.
 INJECTORS = {"svd": _inject_svd, "lora": _inject_lora}
+
+
+def svd_targets(config: ModelConfig) -> tuple[str, ...]:
+    return config.svd_targets or get_family(config.variant).svd_targets
 
 
 def _inject(sam: torch.nn.Module, config: ModelConfig, sha256: str | None) -> None:
@@ -74,23 +83,63 @@ def _inject(sam: torch.nn.Module, config: ModelConfig, sha256: str | None) -> No
         INJECTORS[method.inject](sam, config, sha256)
 
 
-def build_text_tower(config: ModelConfig) -> tuple[torch.nn.Module, str | None]:
-    """The frozen text encoder ``config`` names and its weights' SHA-256 (None for the
-    seeded random tower used without weights)."""
+@dataclass(frozen=True)
+class TextTower:
+    """A built text encoder, its weights' SHA-256 (None: seeded random weights) and a phrase
+    saying where its weights came from."""
+
+    encoder: TextEncoder
+    sha256: str | None
+    source: str
+
+
+def _random_text_tower(name: str, why: str) -> TextTower:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(TINY_TEXT_SEED)  # a random tower must be the same in every run
+        encoder = build_text_encoder(name, None)
+    return TextTower(encoder, None, f"{name} with seeded random weights ({why})")
+
+
+@functools.cache
+def _warn_once(message: str) -> None:
+    """Log ``message`` as a warning the first time this process meets it (a run builds its
+    model several times: training, evaluation, prediction)."""
+    log.warning(message)
+
+
+def build_text_tower(config: ModelConfig) -> TextTower:
+    """The frozen text encoder ``config`` names (see ``ModelConfig.random_text_tower``)."""
     spec = get_text_spec(config.text_encoder)
-    if spec.weights is None and config.clip_checkpoint is None:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(TINY_TEXT_SEED)  # a random tower must be the same in every run
-            return build_text_encoder(spec.name, None), None
-    path = resolve_weights(
-        config.clip_checkpoint,
-        spec.weights,
-        "CLIP weights",
-        config.allow_download,
-        flag="--clip-checkpoint (or, for tests and demos only, `--set model.text_encoder=tiny`: "
-        "a random toy text tower)",
-    )
-    return build_text_encoder(spec.name, path), file_sha256(path)
+    if config.clip_checkpoint is None and (spec.weights is None or config.random_text_tower):
+        why = "toy width, no weights exist" if spec.weights is None else "as the adapter was"
+        return _random_text_tower(spec.name, why)
+    try:
+        path = resolve_weights(
+            config.clip_checkpoint,
+            spec.weights,
+            "CLIP weights",
+            config.allow_download,
+            flag="--clip-checkpoint",
+        )
+    except (CheckpointError, DownloadError) as err:
+        if config.clip_checkpoint is not None or config.random_text_tower is False:
+            raise
+        _warn_once(
+            f"text encoder: no {spec.name} weights ({str(err).split(';')[0]}): using its "
+            "architecture with seeded random weights; label names still get distinct tokens, "
+            "but not CLIP's meaning. For real CLIP pass --clip-checkpoint ViT-B-32.pt"
+        )
+        return _random_text_tower(spec.name, "no CLIP weights found")
+    sha = file_sha256(path)
+    return TextTower(build_text_encoder(spec.name, path), sha, f"{spec.name} from {path}")
+
+
+def describe_weights(spec: SamSpec, path: Path, sha256: str) -> str:
+    """Where a base checkpoint came from, in a phrase."""
+    origin = f"{path}"
+    if isinstance(spec.weights, PackagedWeights) and path.name == spec.weights.filename:
+        origin = f"{spec.weights.requirement} ({path})"
+    return f"{spec.label} from {origin}, SHA-256 {sha256[:12]}"
 
 
 def create_model(
@@ -100,13 +149,14 @@ def create_model(
 ) -> SSAM:
     """The S-SAM model ``config`` describes, with its method's trainable set, on ``device``.
 
-    ``sam_checkpoint`` overrides ``config.sam_checkpoint``. The model carries ``base_info``.
+    ``sam_checkpoint`` overrides ``config.sam_checkpoint``. The model carries ``base_info`` and
+    ``weights_source`` (one line: which base and text encoder, from where).
     """
     spec = get_sam_spec(config.variant)
     path = resolve_weights(
         sam_checkpoint or config.sam_checkpoint,
         spec.weights,
-        f"SAM {spec.name} checkpoint",
+        f"{spec.label} checkpoint",
         config.allow_download,
         flag="--sam-checkpoint",
     )
@@ -114,11 +164,14 @@ def create_model(
     load_sam_weights(sam, path, spec)
     sha256 = file_sha256(path)
     _inject(sam, config, sha256)
-    text_encoder, text_sha = build_text_tower(config)
-    affine = TextAffine(text_encoder.embed_dim, spec.prompt_embed_dim)
-    model = SSAM(sam, affine, text_encoder, config.image_size)
+    text = build_text_tower(config)
+    affine = TextAffine(text.encoder.embed_dim, spec.prompt_embed_dim)
+    model = SSAM(sam, affine, text.encoder, config.image_size, variant=spec.name)
     configure_trainable(model, config.method)
-    model.base_info = _base_info(config, sha256, text_sha)
+    model.base_info = _base_info(config, sha256, text.sha256)
+    model.weights_source = (
+        f"base: {describe_weights(spec, path, sha256)}; text encoder: {text.source}"
+    )
     return model.to(device)
 
 
@@ -132,7 +185,8 @@ def create_architecture(config: ModelConfig) -> SSAM:
     with torch.device("meta"):
         sam = build_sam(spec, config.image_size)
         _inject(sam, config.model_copy(update={"svd_cache": False}), None)
-        model = SSAM(sam, TextAffine(text_dim, spec.prompt_embed_dim), None, config.image_size)
+        affine = TextAffine(text_dim, spec.prompt_embed_dim)
+        model = SSAM(sam, affine, None, config.image_size, variant=spec.name)
     configure_trainable(model, config.method)
     model.base_info = _base_info(config, None, None)
     return model
@@ -144,7 +198,7 @@ def _base_info(config: ModelConfig, sha256: str | None, text_sha: str | None) ->
         image_size=config.image_size,
         method=config.method,
         text_encoder=config.text_encoder,
-        svd_targets=tuple(config.svd_targets),
+        svd_targets=tuple(svd_targets(config)),
         base_sha256=sha256,
         text_sha256=text_sha,
         lora_rank=config.lora_rank if get_method(config.method).inject == "lora" else None,
@@ -152,7 +206,7 @@ def _base_info(config: ModelConfig, sha256: str | None, text_sha: str | None) ->
 
 
 def count_sam_parameters(variant: str) -> int:
-    """Parameters of the official SAM ``variant`` at its own 1024 input (the paper's base)."""
+    """Parameters of the base ``variant`` at its own pretraining size (the paper's base)."""
     spec = get_sam_spec(variant)
     with torch.device("meta"):
         sam = build_sam(spec)

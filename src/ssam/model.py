@@ -14,15 +14,19 @@ import torch.nn.functional as F
 from segment_anything.modeling import Sam
 from torch import nn
 
+from ssam.sam.families import get_family
 from ssam.text import TextAffine, TextEncoder
 
 
 class SSAM(nn.Module):
-    """Images (B, 3, S, S), normalised with SAM's pixel mean/std, plus prompts -> mask logits.
+    """Images (B, 3, S, S), normalised as the base expects (``normalisation``), plus prompts ->
+    mask logits.
 
     Prompts per image: a label name (-> one text token), and/or SAM points and boxes in input
     pixel coordinates (x, y). Without points or boxes the prompt encoder contributes an empty
     sparse set and its no-mask dense embedding; the text token is appended to the sparse set.
+    ``variant`` names the base (``ssam.sam.variants``), whose encoder family says how pixels
+    are normalised and which parameters each method trains.
     """
 
     def __init__(
@@ -31,6 +35,8 @@ class SSAM(nn.Module):
         text_affine: TextAffine,
         text_encoder: TextEncoder | None = None,
         image_size: int = 1024,
+        *,
+        variant: str,
     ) -> None:
         super().__init__()
         self.image_encoder = sam.image_encoder
@@ -39,13 +45,17 @@ class SSAM(nn.Module):
         self.text_affine = text_affine
         self.text_encoder = text_encoder
         self.image_size = image_size
+        self.variant = variant
+        self.normalisation = get_family(variant).normalisation
+        self.weights_source = f"base: {variant}"  # the factory and loaders say where from
 
     @property
     def device(self) -> torch.device:
         return self.text_affine.linear.weight.device
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 3, S, S) -> image embeddings (B, C, S/p, S/p), p the patch size (16 in SAM)."""
+        """(B, 3, S, S) -> image embeddings (B, C, S/p, S/p), p the encoder's stride (16 in SAM
+        ViT, 4 in TinyViT)."""
         if images.dim() != 4 or images.shape[-2:] != (self.image_size, self.image_size):
             raise ValueError(
                 f"images must be (B, 3, {self.image_size}, {self.image_size}), "
@@ -71,7 +81,7 @@ class SSAM(nn.Module):
         points: tuple[torch.Tensor, torch.Tensor] | None = None,
         boxes: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """One image's embedding (1, C, h, w) and N prompts -> low-res logits (N, 1, S/4, S/4).
+        """One image's embedding (1, C, h, w) and N prompts -> low-res logits (N, 1, 4h, 4w).
 
         ``tokens`` (N, 1, C) label tokens; ``points`` ((N, P, 2) coords, (N, P) labels) and
         ``boxes`` (N, 4) XYXY, all in input pixels. All N prompts share one decoder call.
@@ -95,8 +105,11 @@ class SSAM(nn.Module):
         return logits
 
     def upscale(self, low_res: torch.Tensor) -> torch.Tensor:
-        """(N, 1, S/4, S/4) -> (N, 1, S, S), bilinear as SAM's ``postprocess_masks``."""
+        """(N, 1, 4h, 4w) -> (N, 1, S, S), bilinear as SAM's ``postprocess_masks``; returned
+        as they are when the decoder's logits already have the input's size (TinyViT)."""
         size = (self.image_size, self.image_size)
+        if tuple(low_res.shape[-2:]) == size:
+            return low_res
         return F.interpolate(low_res, size, mode="bilinear", align_corners=False)
 
     def forward(
@@ -105,14 +118,20 @@ class SSAM(nn.Module):
         labels: Sequence[str] | torch.Tensor | None = None,
         boxes: torch.Tensor | None = None,
         points: tuple[torch.Tensor, torch.Tensor] | None = None,
+        rows: slice | None = None,
     ) -> torch.Tensor:
         """Images (B, 3, S, S) with one prompt each -> logits (B, 1, S, S).
 
         ``labels``: B label names (or CLIP features (B, D)); ``boxes`` (B, 4) XYXY; ``points``
         ((B, P, 2), (B, P)). Image i is decoded with prompt i only, all B in one decoder call.
+        ``rows``: the images are these rows of a larger batch whose labels are ``labels``
+        (all of them): the label tokens are computed for the whole batch, so that the
+        text-affine BatchNorm sees the whole batch's statistics, and these rows are kept.
         """
         embeddings = self.encode_images(images)
         tokens = self.label_tokens(labels) if labels is not None else None
+        if tokens is not None and rows is not None:
+            tokens = tokens[rows]
         if tokens is None and boxes is None and points is None:
             raise ValueError("give each image a label name, a box or points")
         batch = images.shape[0]
@@ -127,7 +146,7 @@ class SSAM(nn.Module):
     def _decode_paired(
         self, embeddings: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor
     ) -> torch.Tensor:
-        """Image i with prompt set i, for all i at once -> low-res logits (B, 1, S/4, S/4).
+        """Image i with prompt set i, for all i at once -> low-res logits (B, 1, 4h, 4w).
 
         SAM's ``MaskDecoder.predict_masks`` decodes the N prompts of one image; this is the same
         computation (``multimask_output=False``: first mask token) with the image embedding

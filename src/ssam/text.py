@@ -215,11 +215,16 @@ class TextAffine(nn.Module):
         super().__init__()
         self.linear = nn.Linear(in_dim, out_dim)
         self.norm = nn.BatchNorm1d(out_dim)
+        # True: a training batch is normalised by its statistics without updating the running
+        # ones (a batch decoded in chunks updates them once, not once per chunk).
+        self.hold_running_stats = False
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         h = F.relu(self.linear(features))
         batch_stats = self.training and torch.unique(features, dim=0).shape[0] > 1
-        if batch_stats:
-            return self.norm(h)
         n = self.norm
+        if batch_stats and not self.hold_running_stats:
+            return n(h)
+        if batch_stats:
+            return F.batch_norm(h, None, None, n.weight, n.bias, True, 0.0, n.eps)
         return F.batch_norm(h, n.running_mean, n.running_var, n.weight, n.bias, False, 0.0, n.eps)

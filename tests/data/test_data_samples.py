@@ -135,7 +135,8 @@ def test_weighted_sampling_across_datasets(tmp_path, make_folder_dataset, make_n
         path=make_nnunet_2d(tmp_path / "ct", n=4), layout="nnunet", weight=3.0
     )
     datasets = [
-        build_samples(c, load_cases(c), 32, train=True, seed=0) for c in (polyp_config, ct_config)
+        build_samples(c, load_cases(c), 32, train=True, normalisation="sam")
+        for c in (polyp_config, ct_config)
     ]
     assert label_vocabulary(datasets) == ["kidney", "liver", "polyp"]
     weights = build_sample_weights([len(d) for d in datasets], [1.0, 3.0])

@@ -15,7 +15,7 @@ Intensity = Literal["auto", "rgb", "minmax", "ct", "mri"]
 # ``--intensity`` of predict and serve: ``trained`` (the adapter's recorded mapping, the
 # default) or one of the presets (``auto``: chosen per input by its stored type).
 IntensityOption = Literal["trained", "auto", "rgb", "minmax", "ct", "mri"]
-Variant = Literal["vit_b", "vit_l", "vit_h", "medsam_vit_b", "tiny", "demo"]
+Variant = Literal["litemedsam", "vit_b", "vit_l", "vit_h", "medsam_vit_b", "tiny"]
 Method = Literal["ssam", "lora", "bias", "decoder", "full"]
 Split = Literal["train", "val", "test", "all"]
 Backend = Literal["torch", "onnx", "onnx-int8"]

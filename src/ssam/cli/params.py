@@ -35,7 +35,7 @@ def compute_parameter_report(config: ModelConfig) -> dict:
 
 
 def params_entry(
-    model: Variant = typer.Option("vit_b", "--model", help="SAM variant"),
+    model: Variant = typer.Option("litemedsam", "--model", help="base model"),
     image_size: int = typer.Option(256, "--image-size", help="input size S (multiple of 16)"),
     method: Method = typer.Option("ssam", "--method", help="fine-tuning method"),
 ) -> None:
@@ -44,7 +44,7 @@ def params_entry(
 
     config = ModelConfig(variant=model, image_size=image_size, method=method)
     report = compute_parameter_report(config)
-    table = Table(title=f"{method} on SAM {model} at {image_size}x{image_size}")
+    table = Table(title=f"{method} on {model} at {image_size}x{image_size}")
     table.add_column("trainable group")
     table.add_column("parameters", justify="right")
     for group, count in report["groups"].items():
@@ -53,6 +53,6 @@ def params_entry(
     console = Console()
     console.print(table)
     console.print(
-        f"{report['trainable']:,} of SAM {model}'s {report['sam_parameters']:,} parameters "
+        f"{report['trainable']:,} of {model}'s {report['sam_parameters']:,} parameters "
         f"({report['share_percent']:.2f} %)"
     )

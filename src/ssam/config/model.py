@@ -6,25 +6,33 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
-from ssam.sam.variants import SAM_VARIANTS
+from ssam.sam.variants import DEFAULT_VARIANT, SAM_VARIANTS
 from ssam.text import TEXT_ENCODERS
 from ssam.tuning.methods import METHODS
-from ssam.tuning.svd import DEFAULT_TARGETS
 
 
 class ModelConfig(BaseModel):
-    """How to build an S-SAM model. Paths of None mean: the official file from the cache
-    (downloaded and verified when ``allow_download`` and online)."""
+    """How to build an S-SAM model. Paths of None mean the official file: LiteMedSAM's from
+    its installed package; others from the cache (downloaded and verified when
+    ``allow_download`` and online).
+
+    ``random_text_tower``: True builds the text encoder's architecture with seeded random
+    weights (no CLIP file needed; each label name still gets its own token); False requires
+    the CLIP weights; None (default) uses them when given, cached or downloadable, and
+    otherwise falls back to the random tower with a warning. ``svd_targets`` None: the
+    encoder family's (every Linear/Conv2d the paper tunes).
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    variant: str = "vit_b"
+    variant: str = DEFAULT_VARIANT
     image_size: int = 256
     sam_checkpoint: Path | None = None
     text_encoder: str = "clip_vit_b32"
     clip_checkpoint: Path | None = None
+    random_text_tower: bool | None = None
     method: str = "ssam"
-    svd_targets: tuple[str, ...] = DEFAULT_TARGETS
+    svd_targets: tuple[str, ...] | None = None
     svd_cache: bool = True
     lora_rank: int = 4  # method "lora" only: rank of each low-rank change (SAMed: 4)
     allow_download: bool = True

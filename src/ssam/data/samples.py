@@ -141,6 +141,7 @@ class SegmentationSamples(Dataset):
         neg_ratio, drop_background_slices: which negative pairs to keep.
         seed: seeds the negative choice and the augmentation.
         cache_size: cases kept decoded in memory (LRU).
+        normalisation: pixel normalisation of the base model (``SSAM.normalisation``).
     """
 
     def __init__(
@@ -155,6 +156,7 @@ class SegmentationSamples(Dataset):
         drop_background_slices: bool = False,
         seed: int = 0,
         cache_size: int = 4,
+        normalisation: str = "sam",
     ) -> None:
         if input_size <= 0 or cache_size < 1:
             raise ValueError(
@@ -162,6 +164,7 @@ class SegmentationSamples(Dataset):
             )
         self.cases = list(cases)
         self.input_size = input_size
+        self.normalisation = normalisation
         self.intensity = intensity or IntensityConfig()
         self.augment = augment
         self.slice_axis = normalize_axis(slice_axis)
@@ -221,7 +224,9 @@ class SegmentationSamples(Dataset):
         )
         mask = take_slice(data.labels, axis, ref.slice_index) == case.labels[ref.label]
         rng = None if self.augment is None else augmentation_rng(self.seed, epoch, index)
-        image, target, _ = preprocess_pair(pixels, mask, self.input_size, self.augment, rng)
+        image, target, _ = preprocess_pair(
+            pixels, mask, self.input_size, self.augment, rng, self.normalisation
+        )
         return Sample(
             image=image,
             mask=target,  # type: ignore[typeddict-item]
@@ -234,12 +239,20 @@ class SegmentationSamples(Dataset):
 
 
 def build_samples(
-    config: DatasetConfig, cases: Sequence[Case], input_size: int, *, train: bool, seed: int = 0
+    config: DatasetConfig,
+    cases: Sequence[Case],
+    input_size: int,
+    *,
+    train: bool,
+    normalisation: str,
+    seed: int = 0,
 ) -> SegmentationSamples:
-    """`SegmentationSamples` of one configured dataset; augmentation only when ``train``."""
+    """`SegmentationSamples` of one configured dataset for a base normalising pixels by
+    ``normalisation``; augmentation only when ``train``."""
     return SegmentationSamples(
         cases,
         input_size,
+        normalisation=normalisation,
         intensity=config.intensity,
         augment=config.augment if train else None,
         slice_axis=config.slice_axis,

@@ -6,8 +6,9 @@ Pipeline for one 2D image (C, H, W) of any dtype:
    range optionally computed once per volume by `compute_intensity_range`; preset "auto" is
    first made concrete per image or volume by `resolve_intensity`.
 2. `preprocess_image`: grey -> 3 channels, resize the longest side to S (bilinear,
-   antialiased), SAM's pixel mean/std, zero-pad bottom/right to S x S. As in SAM's own
-   `Sam.preprocess`, padding is added after normalisation (padded pixels are 0 there).
+   antialiased), normalise as the base was trained (`normalise_pixels`: SAM's pixel mean/std,
+   or LiteMedSAM's per-image min-max to [0, 1]), zero-pad bottom/right to S x S. As in SAM's
+   own `Sam.preprocess`, padding is added after normalisation (padded pixels are 0 there).
    Masks: `preprocess_mask` resizes with nearest neighbour and pads with 0.
 3. `restore_to_original`: (N, S, S) logits or probabilities -> crop the padding -> bilinear
    to the original (H, W).
@@ -175,11 +176,23 @@ def pad_to_square(tensor: torch.Tensor, size: int) -> torch.Tensor:
     return F.pad(tensor, (0, size - width, 0, size - height))
 
 
-def normalize_pixels(image: torch.Tensor) -> torch.Tensor:
-    """(3, H, W) in 0-255 -> SAM's normalisation (x - pixel_mean) / pixel_std."""
-    mean = torch.tensor(SAM_PIXEL_MEAN, dtype=image.dtype).view(3, 1, 1)
-    std = torch.tensor(SAM_PIXEL_STD, dtype=image.dtype).view(3, 1, 1)
-    return (image - mean) / std
+NORMALISATIONS = ("sam", "minmax")
+
+
+def normalise_pixels(image: torch.Tensor, normalisation: str) -> torch.Tensor:
+    """(3, H, W) in 0-255 -> the base's input values.
+
+    ``sam``: SAM's (x - pixel_mean) / pixel_std. ``minmax``: (x - min) / (max - min) over the
+    whole image, in [0, 1] (LiteMedSAM's preprocessing; a constant image becomes 0).
+    """
+    if normalisation == "sam":
+        mean = torch.tensor(SAM_PIXEL_MEAN, dtype=image.dtype).view(3, 1, 1)
+        std = torch.tensor(SAM_PIXEL_STD, dtype=image.dtype).view(3, 1, 1)
+        return (image - mean) / std
+    if normalisation == "minmax":
+        low = image.min()
+        return (image - low) / (image.max() - low).clamp_min(1e-8)
+    raise ValueError(f"unknown pixel normalisation {normalisation!r}; known: {NORMALISATIONS}")
 
 
 def _as_tensor(array: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -194,8 +207,9 @@ def preprocess_pair(
     size: int,
     augment: AugmentConfig | None = None,
     rng: np.random.Generator | None = None,
+    normalisation: str = "sam",
 ) -> tuple[torch.Tensor, torch.Tensor | None, PreprocessInfo]:
-    """Image (and mask) to SAM's input, with optional augmentation between resize and pad.
+    """Image (and mask) to the model's input, with optional augmentation between resize and pad.
 
     Args:
         image: (C, H, W), C in 1..3, float in 0-255 (see `scale_intensity`).
@@ -203,6 +217,7 @@ def preprocess_pair(
         size: S, the model's square input size.
         augment: augmentation settings; needs ``rng``. None: no augmentation.
         rng: the sample's generator (`augmentation_rng`).
+        normalisation: the base's (`normalise_pixels`; ``SSAM.normalisation``).
 
     Returns:
         image (3, S, S) float32 normalised; mask (S, S) float32 in {0, 1} or None; info.
@@ -218,17 +233,17 @@ def preprocess_pair(
         if rng is None:
             raise ValueError("augmentation needs an explicit rng (see augmentation_rng)")
         pixels, target = augment_pair(pixels, target, augment, rng)
-    pixels = pad_to_square(normalize_pixels(to_three_channels(pixels)), size)
+    pixels = pad_to_square(normalise_pixels(to_three_channels(pixels), normalisation), size)
     target = None if target is None else pad_to_square(target, size)
     info = PreprocessInfo((int(height), int(width)), new_shape, size)
     return pixels.contiguous(), target, info
 
 
 def preprocess_image(
-    image: np.ndarray | torch.Tensor, size: int
+    image: np.ndarray | torch.Tensor, size: int, normalisation: str = "sam"
 ) -> tuple[torch.Tensor, PreprocessInfo]:
     """(C, H, W) in 0-255 -> ((3, S, S) float32 normalised and padded, info to undo it)."""
-    pixels, _, info = preprocess_pair(image, None, size)
+    pixels, _, info = preprocess_pair(image, None, size, normalisation=normalisation)
     return pixels, info
 
 

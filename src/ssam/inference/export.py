@@ -3,9 +3,10 @@
 Two graphs (TorchScript-based exporter, ``dynamo=False``: the dynamo exporter needs
 ``onnxscript``, which the project does not depend on):
 
-* ``image_encoder.onnx``: ``images`` (B, 3, S, S) float32, SAM-normalised
-  ((x - pixel_mean) / pixel_std, zero-padded bottom/right; see ``export.json``) ->
-  ``image_embeddings`` (B, C, S/p, S/p), p the patch size (16 in SAM); B is dynamic.
+* ``image_encoder.onnx``: ``images`` (B, 3, S, S) float32, normalised as the base expects
+  (``normalisation`` in ``export.json``: ``sam``, (x - pixel_mean) / pixel_std, or ``minmax``,
+  per image to [0, 1]; zero-padded bottom/right) -> ``image_embeddings`` (B, C, S/p, S/p), p
+  the encoder's stride (16 in SAM ViT, 4 in LiteMedSAM's TinyViT); B is dynamic.
 * ``mask_decoder.onnx``: ``image_embeddings`` (1, C, S/p, S/p) [+ ``label_tokens``
   (L, 1, C) when exported with ``tokens_as_input``; L dynamic] -> ``logits`` (L, S, S),
   the decoder's low-res logits upsampled bilinearly to S (crop the padding and resize to
@@ -13,7 +14,8 @@ Two graphs (TorchScript-based exporter, ``dynamo=False``: the dynamo exporter ne
   the tokens of the exported labels are constants of the graph.
 
 The exported model has the adapter merged (plain Linear/Conv layers). ``export.json``
-records the sizes, the labels in output order, SAM's pixel mean/std and the tensor names;
+records the sizes, the labels in output order, the pixel normalisation (with SAM's mean/std)
+and the tensor names;
 with ``tokens_as_input`` the labels' tokens are saved as ``label_tokens.npy``.
 """
 
@@ -153,6 +155,7 @@ def export_onnx(
         "embedding_shape": list(embedding.shape[1:]),
         "labels": list(labels),
         "tokens_as_input": tokens_as_input,
+        "normalisation": model.normalisation,
         "pixel_mean": list(SAM_PIXEL_MEAN),
         "pixel_std": list(SAM_PIXEL_STD),
         "opset": OPSET,
@@ -193,7 +196,7 @@ def check_onnx(files: OnnxFiles, model: SSAM, image: np.ndarray) -> dict[str, fl
         {"embeddings": max abs diff, "logits": max abs diff (L, S, S), "logits_range": max
         |logit|} (logits within 1e-3 is the expected agreement).
     """
-    pixels, _ = preprocess_image(image, model.image_size)
+    pixels, _ = preprocess_image(image, model.image_size, model.normalisation)
     batch = pixels[None]
     embeddings, logits = run_onnx(files, batch.numpy())
     model = model.eval()

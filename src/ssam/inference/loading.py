@@ -28,7 +28,8 @@ def model_config_from_adapter(
     clip_checkpoint: Path | str | None = None,
     allow_download: bool = False,
 ) -> ModelConfig:
-    """The ``ModelConfig`` an adapter was trained with, pointing at the given weight files."""
+    """The ``ModelConfig`` an adapter was trained with, pointing at the given weight files
+    (an adapter trained on the random text tower gets that tower, whatever CLIP file exists)."""
     missing = [key for key in _CONFIG_KEYS if key not in adapter_config]
     if missing:
         raise AdapterError(f"adapter config lacks {missing}; it was not written by ssam")
@@ -37,6 +38,8 @@ def model_config_from_adapter(
         fields["svd_targets"] = tuple(adapter_config["svd_targets"])
     if adapter_config.get("lora_rank") is not None:
         fields["lora_rank"] = adapter_config["lora_rank"]
+    # Trained on the seeded random text tower (no CLIP file): build that one again.
+    fields["random_text_tower"] = adapter_config.get("text_sha256") is None
     try:
         return ModelConfig(
             **fields,

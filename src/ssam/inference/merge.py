@@ -2,13 +2,15 @@
 
 Two files:
 
-* ``NAME.pth``: a plain SAM state dict in the official key layout (``image_encoder.*``,
-  ``prompt_encoder.*``, ``mask_decoder.*``; ``torch.save`` of a dict of tensors). At input
-  size 1024 it loads into ``segment_anything``'s own ``sam_model_registry`` builder. At any
-  other size S the encoder's ``pos_embed`` is (1, S/16, S/16, C) and its relative-position
+* ``NAME.pth``: a plain state dict in the base's key layout (``image_encoder.*``,
+  ``prompt_encoder.*``, ``mask_decoder.*``; ``torch.save`` of a dict of tensors). For SAM ViT
+  at input size 1024 it loads into ``segment_anything``'s own ``sam_model_registry`` builder.
+  At any other size S the ViT's ``pos_embed`` is (1, S/16, S/16, C) and its relative-position
   tables have the lengths of S's windows, so the file records S in its shapes: the official
   builder (always 1024) refuses it, and ``load_merged`` rebuilds the encoder at S (windows
   from ``compute_window_size``) and checks the grid against the companion's ``image_size``.
+  A merged LiteMedSAM has LiteMedSAM's key layout and shapes at any S (TinyViT's weights do
+  not depend on S); the companion's ``image_size`` says which S it was trained at.
 * ``NAME.ssam.safetensors`` (the companion): the text-affine layer's tensors, the CLIP
   features of the trained labels (``label_features``, (N, 512) float32, row i = label i) and
   a JSON config (format, variant, image_size, encoder grid, text encoder, labels, SHA-256 of
@@ -36,6 +38,7 @@ from ssam.inference.loading import load_adapted_model, model_config_from_adapter
 from ssam.model import SSAM
 from ssam.sam.build import build_empty_sam
 from ssam.sam.checkpoint import load_sam_weights, read_state_dict, save_state_dict
+from ssam.sam.families import get_family
 from ssam.sam.variants import get_sam_spec
 from ssam.text import TextAffine, TextEncoder, normalise_label
 from ssam.tuning.adapter import META_KEY, read_tagged_safetensors
@@ -129,6 +132,7 @@ def companion_path(checkpoint: Path | str) -> Path:
 class MergedFiles:
     checkpoint: Path
     companion: Path
+    weights_source: str = ""  # the merged model's base and text encoder, in a line
 
 
 def save_merged(
@@ -150,7 +154,7 @@ def save_merged(
         "version": MERGED_VERSION,
         "variant": info.variant,
         "image_size": model.image_size,
-        "encoder_grid": int(model.image_encoder.pos_embed.shape[1]),
+        "encoder_grid": get_family(info.variant).grid(get_sam_spec(info.variant), model.image_size),
         "method": info.method,
         "text_encoder": info.text_encoder,
         "labels": labels,
@@ -166,7 +170,7 @@ def save_merged(
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     with atomic_path(companion) as tmp:
         save_file(tensors, tmp, metadata={META_KEY: json.dumps(config)})
-    return MergedFiles(checkpoint, companion)
+    return MergedFiles(checkpoint, companion, getattr(model, "weights_source", ""))
 
 
 def merge_adapter(
@@ -198,9 +202,14 @@ def read_companion(path: Path | str) -> tuple[dict[str, torch.Tensor], dict]:
 
 
 def _check_grid(state: dict[str, torch.Tensor], config: dict, path: Path) -> None:
+    """A ViT's positional table must have the companion's grid (TinyViT has none to check)."""
+    spec = get_sam_spec(config["variant"])
+    family = get_family(spec)
+    if "pos_embed" not in family.position_tables:
+        return
     pos = state.get("image_encoder.pos_embed")
     grid = None if pos is None else int(pos.shape[1])
-    expected = config["image_size"] // get_sam_spec(config["variant"]).patch_size
+    expected = family.grid(spec, config["image_size"])
     if grid != expected:
         raise CheckpointError(
             f"{path}: positional embedding grid {grid} does not fit the companion's image size "
@@ -210,14 +219,14 @@ def _check_grid(state: dict[str, torch.Tensor], config: dict, path: Path) -> Non
 
 def _build_text_fallback(config: dict, clip_checkpoint: Path | str | None) -> TextEncoder:
     model_config = model_config_from_adapter(config, clip_checkpoint=clip_checkpoint)
-    # create_model's text part alone: the same seeded tower for "tiny", CLIP weights otherwise.
-    encoder, sha = build_text_tower(model_config)
-    if config.get("text_sha256") and sha != config["text_sha256"]:
+    # create_model's text part alone: the same seeded tower for random ones, CLIP otherwise.
+    text = build_text_tower(model_config)
+    if config.get("text_sha256") and text.sha256 != config["text_sha256"]:
         raise CheckpointError(
             f"{clip_checkpoint}: CLIP weights differ from those the model was trained with "
-            f"(SHA-256 {sha}, expected {config['text_sha256']})"
+            f"(SHA-256 {text.sha256}, expected {config['text_sha256']})"
         )
-    return encoder
+    return text.encoder
 
 
 def load_merged(
@@ -254,7 +263,7 @@ def load_merged(
     if clip_checkpoint is not None or load_clip:
         fallback = _build_text_fallback(config, clip_checkpoint)
     table = LabelFeatureTable(config["labels"], features, fallback)
-    model = SSAM(sam, affine, table, config["image_size"])
+    model = SSAM(sam, affine, table, config["image_size"], variant=spec.name)
     model.labels = list(config["labels"])
     model.base_info = BaseInfo(
         variant=config["variant"],
@@ -264,6 +273,10 @@ def load_merged(
         svd_targets=(),
         base_sha256=sha256,
         text_sha256=config.get("text_sha256"),
+    )
+    model.weights_source = (
+        f"merged {spec.label} from {checkpoint}, SHA-256 {sha256[:12]}; labels' text features "
+        f"stored in {companion or companion_path(checkpoint)}"
     )
     return model.requires_grad_(False).to(device).eval()
 

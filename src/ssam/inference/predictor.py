@@ -251,7 +251,8 @@ class SSAMPredictor:
 
     def preprocess(self, pixels: Sequence[np.ndarray]) -> tuple[torch.Tensor, list[PreprocessInfo]]:
         """0-255 slices -> the model's input batch (B, 3, S, S) and each one's info."""
-        prepared = [preprocess_image(p, self.image_size) for p in pixels]
+        norm = self.model.normalisation
+        prepared = [preprocess_image(p, self.image_size, norm) for p in pixels]
         return torch.stack([t for t, _ in prepared]), [info for _, info in prepared]
 
     # ----- numpy layer -------------------------------------------------------------------

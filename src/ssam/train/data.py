@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 from torch.utils.data import ConcatDataset
 
@@ -13,6 +14,7 @@ from ssam.data.layouts import load_cases
 from ssam.data.samples import SegmentationSamples, build_samples, label_vocabulary
 from ssam.data.splits import DatasetSplit, split_dataset
 from ssam.errors import DataError
+from ssam.sam.families import get_family
 
 
 @dataclass
@@ -50,7 +52,9 @@ def build_training_data(config: TrainConfig) -> TrainingData:
     Raises DataError naming the dataset, file or label at fault.
     """
     size, seed = config.model.image_size, config.seed
+    norm = get_family(config.model.variant).normalisation
     train, val, weights, val_cases, splits = [], [], [], {}, {}
+    sampled = partial(build_samples, normalisation=norm, seed=seed)
     for dataset in config.datasets:
         cases = load_cases(dataset)
         if not cases:
@@ -60,10 +64,10 @@ def build_training_data(config: TrainConfig) -> TrainingData:
         _check_disjoint(dataset.dataset_name, split.train, split.val)
         if not split.train:
             raise DataError(f"dataset {dataset.dataset_name}: the split leaves no training case")
-        train.append(build_samples(dataset, split.train, size, train=True, seed=seed))
+        train.append(sampled(dataset, split.train, size, train=True))
         weights.append(dataset.weight)
         if split.val:
-            val.append(build_samples(dataset, split.val, size, train=False, seed=seed))
+            val.append(sampled(dataset, split.val, size, train=False))
             val_cases[dataset.dataset_name] = list(split.val)
     presets = {d.intensity.preset for d in config.datasets}
     stats = summarise_training_values(

@@ -29,17 +29,23 @@ LORA_PREFIX = "lora_"
 @dataclass(frozen=True)
 class LoRATarget:
     """Linear layers matching ``pattern`` (glob over module names, ``*`` spans dots), their
-    output split into ``parts`` equal blocks, of which the blocks ``adapted`` get an adapter."""
+    output split into ``parts`` equal blocks, of which the blocks ``adapted`` get an adapter.
+
+    ``per_head``: the output rows are ordered head by head, each head holding its ``parts``
+    (TinyViT's qkv: q, k, v per head), not part by part (SAM ViT's qkv: all q, all k, all v);
+    the number of heads is the ``num_heads`` of the layer's parent module. One adapter still
+    covers a part across all heads.
+    """
 
     pattern: str
     parts: int = 1
     adapted: tuple[int, ...] = (0,)
+    per_head: bool = False
 
 
-# SAMed: q and v of every encoder block's fused qkv projection.
-DEFAULT_LORA_TARGETS: tuple[LoRATarget, ...] = (
-    LoRATarget("image_encoder.blocks.*.attn.qkv", parts=3, adapted=(0, 2)),
-)
+def qkv_targets(pattern: str, per_head: bool) -> tuple[LoRATarget, ...]:
+    """SAMed's placement: q and v of every fused qkv projection matching ``pattern``."""
+    return (LoRATarget(pattern, parts=3, adapted=(0, 2), per_head=per_head),)
 
 
 def expand_lora_up(up: torch.Tensor, parts: int, adapted: Sequence[int]) -> torch.Tensor:
@@ -88,17 +94,20 @@ class LoRALinear(nn.Module):
         alpha: float | None = None,
         parts: int = 1,
         adapted: Sequence[int] = (0,),
+        heads: int = 1,
     ) -> None:
         super().__init__()
         out_features, in_features = base_layer.out_features, base_layer.in_features
         if rank < 1:
             raise ValueError(f"LoRA rank must be at least 1, got {rank}")
-        if out_features % parts or not adapted or any(not 0 <= p < parts for p in adapted):
+        bad_split = out_features % (parts * heads)
+        if bad_split or not adapted or any(not 0 <= p < parts for p in adapted):
             raise ValueError(
-                f"cannot split {out_features} outputs into {parts} parts and adapt {adapted}"
+                f"cannot split {out_features} outputs into {parts} parts of {heads} head(s) "
+                f"and adapt {adapted}"
             )
         self.base_layer = base_layer.requires_grad_(False)
-        self.rank, self.parts, self.adapted = rank, parts, tuple(adapted)
+        self.rank, self.parts, self.adapted, self.heads = rank, parts, tuple(adapted), heads
         self.scaling = (alpha if alpha is not None else rank) / rank
         device = base_layer.weight.device
         n = len(self.adapted)
@@ -115,14 +124,23 @@ class LoRALinear(nn.Module):
     def out_features(self) -> int:
         return self.base_layer.out_features
 
+    def _to_layer_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        """(out, ...) rows ordered part by part -> the layer's order (head by head if heads)."""
+        if self.heads == 1:
+            return rows
+        per = rows.shape[0] // (self.parts * self.heads)
+        split = rows.view(self.parts, self.heads, per, *rows.shape[1:]).transpose(0, 1)
+        return split.reshape(rows.shape)
+
     def delta_weight(self) -> torch.Tensor:
         """ΔW (out x in), scaled."""
-        return compute_lora_delta(self.lora_A, self.lora_B, self.scaling, self.parts, self.adapted)
+        delta = compute_lora_delta(self.lora_A, self.lora_B, self.scaling, self.parts, self.adapted)
+        return self._to_layer_rows(delta)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Two thin matmuls (in -> n*r -> out) instead of building the out x in change.
         h = F.linear(x, self.lora_A.flatten(0, 1))
-        up = expand_lora_up(self.lora_B, self.parts, self.adapted)
+        up = self._to_layer_rows(expand_lora_up(self.lora_B, self.parts, self.adapted))
         return self.base_layer(x) + F.linear(h, up) * self.scaling
 
     def merge(self) -> nn.Linear:
@@ -138,14 +156,14 @@ class LoRALinear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"rank={self.rank}, scaling={self.scaling:g}, parts={self.parts}, " + (
-            f"adapted={self.adapted}"
+            f"adapted={self.adapted}, heads={self.heads}"
         )
 
 
 def inject_lora(
     model: nn.Module,
     rank: int,
-    targets: Iterable[LoRATarget] = DEFAULT_LORA_TARGETS,
+    targets: Iterable[LoRATarget],
     alpha: float | None = None,
 ) -> list[str]:
     """Wrap each ``nn.Linear`` matching a target in a ``LoRALinear``, in place.
@@ -162,7 +180,11 @@ def inject_lora(
         if not names:
             raise ValueError(f"no nn.Linear layer matches the LoRA target {target.pattern!r}")
         for name in names:
-            layer = LoRALinear(model.get_submodule(name), rank, alpha, target.parts, target.adapted)
+            heads = 1
+            if target.per_head:
+                heads = model.get_submodule(name.rpartition(".")[0]).num_heads
+            base = model.get_submodule(name)
+            layer = LoRALinear(base, rank, alpha, target.parts, target.adapted, heads)
             model.set_submodule(name, layer)
             wrapped.append(name)
     return wrapped

@@ -1,16 +1,18 @@
 """Fine-tuning methods: what each injects into SAM and which parameters it trains.
 
 A method is a list of named parameter groups (regular expressions over parameter names) plus an
-optional injection step run on the plain SAM before its parameters are grouped. ``ssam`` is the
-paper's set (DESIGN.md 3); the others are the comparison methods, sharing everything else (data,
-loss, label-name prompt, evaluation):
+optional injection step run on the plain SAM before its parameters are grouped. Where the groups
+depend on the encoder, the method names an attribute of the base's encoder family
+(``ssam.sam.families``: ``ssam_groups``, ``norm_groups``) instead of a group. ``ssam`` is the
+paper's set (DESIGN.md 3; on TinyViT DESIGN.md 1b); the others are the comparison methods,
+sharing everything else (data, loss, label-name prompt, evaluation):
 
-* ``lora``: rank-r LoRA on the query and value blocks of every encoder ``attn.qkv`` (SAMed's
+* ``lora``: rank-r LoRA on the query and value rows of every encoder ``attn.qkv`` (SAMed's
   placement; rank ``ModelConfig.lora_rank``, default 4 as SAMed) + text affine. SAMed itself also
   fine-tunes the whole mask decoder; here only the encoder adaptation is compared.
-* ``bias``: every bias of the image encoder, its LayerNorms (blocks and neck), the decoder
-  transformer's LayerNorms + text affine (AdaptiveSAM's bias tuning; its code also trains the
-  positional embedding, the prompt encoder and the whole mask decoder).
+* ``bias``: every bias of the image encoder, its LayerNorms, the decoder transformer's
+  LayerNorms + text affine (AdaptiveSAM's bias tuning; its code also trains the positional
+  embedding, the prompt encoder and the whole mask decoder).
 * ``decoder``: the whole mask decoder + text affine; the encoder stays pretrained SAM.
 * ``full``: every SAM parameter + text affine (CLIP stays frozen).
 """
@@ -23,19 +25,29 @@ from dataclasses import dataclass
 from torch import nn
 
 from ssam.errors import ConfigError
+from ssam.sam.families import EncoderFamily, get_family
+
+Group = tuple[str, str]
 
 
 @dataclass(frozen=True)
 class Method:
     """Trainable parameter groups (name -> regex over parameter names; a parameter belongs to
-    the first group it matches) and an injection step (a key of ``ssam.factory.INJECTORS``:
-    ``"svd"`` SVD-tunes the ``svd_targets``, ``"lora"`` adds LoRA; None: train SAM's own
-    parameters)."""
+    the first group it matches; a plain string names the encoder family's attribute holding
+    more groups) and an injection step (a key of ``ssam.factory.INJECTORS``: ``"svd"``
+    SVD-tunes the ``svd_targets``, ``"lora"`` adds LoRA; None: train SAM's own parameters)."""
 
     name: str
-    groups: tuple[tuple[str, str], ...]
+    groups: tuple[Group | str, ...]
     inject: str | None = None
     description: str = ""
+
+    def resolve_groups(self, family: EncoderFamily) -> tuple[Group, ...]:
+        """The groups on an encoder of ``family``, its own groups spliced in."""
+        out: list[Group] = []
+        for group in self.groups:
+            out += getattr(family, group) if isinstance(group, str) else [group]
+        return tuple(out)
 
 
 _TEXT_AFFINE = ("text affine", r"^text_affine\.")
@@ -46,9 +58,8 @@ _DECODER_NORMS = (
 
 _SSAM_GROUPS = (
     ("svd scale and shift", r"\.svd_(scale|shift)$"),
-    ("encoder block LayerNorms", r"^image_encoder\.blocks\.\d+\.norm[12]\."),
+    "ssam_groups",
     _DECODER_NORMS,
-    ("encoder positional embedding", r"^image_encoder\.pos_embed$"),
     _TEXT_AFFINE,
 )
 
@@ -68,7 +79,7 @@ METHODS: dict[str, Method] = {
     "bias": Method(
         "bias",
         (
-            ("encoder LayerNorms", r"^image_encoder\.(blocks\.\d+\.norm[12]|neck\.[13])\."),
+            "norm_groups",
             ("encoder biases", r"^image_encoder\..*\.bias$"),
             _DECODER_NORMS,
             _TEXT_AFFINE,
@@ -101,12 +112,14 @@ def get_method(name: str) -> Method:
 
 
 def configure_trainable(model: nn.Module, method: str | Method) -> dict[str, int]:
-    """Freeze ``model`` except ``method``'s groups; returns the parameter count per group.
+    """Freeze ``model`` (an ``SSAM``, whose ``variant`` gives the encoder family) except
+    ``method``'s groups; returns the parameter count per group.
 
     A group that matches nothing is an error: the model and the method do not fit together.
     """
     method = get_method(method) if isinstance(method, str) else method
-    patterns = [(group, re.compile(rx)) for group, rx in method.groups]
+    groups = method.resolve_groups(get_family(model.variant))
+    patterns = [(group, re.compile(rx)) for group, rx in groups]
     counts = dict.fromkeys((g for g, _ in patterns), 0)
     for name, param in model.named_parameters():
         group = next((g for g, rx in patterns if rx.search(name)), None)

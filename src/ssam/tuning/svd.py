@@ -6,13 +6,20 @@ shift ``b`` (init 0):
 
     W' = U diag(ReLU(a * sigma + b)) V^T
 
-so at initialisation W' = W. Trainable tensors carry the prefix ``svd_``.
+so at initialisation W' = W. Trainable tensors carry the prefix ``svd_``. Depthwise convs
+(one k x k filter per channel) are tuned the same way, their weight viewed as C x k².
 
-Two ways to apply W':
-* factorised, ((x V) * s') U^T: used whenever gradients must reach ``a`` and ``b``; it never
-  materialises a weight-sized tensor, forward or backward;
-* dense, x W'^T with W' built once and cached until ``a`` or ``b`` change (tracked through the
-  tensors' version counters): used in inference, where it costs what the plain layer costs.
+Three ways to apply W':
+* factorised, ((x V) * s') U^T: never materialises a weight-sized tensor, forward or backward;
+* dense with gradients, x W'^T with W' rebuilt from U, s', V on each call;
+* dense cached, W' built once and kept until ``a`` or ``b`` change (tracked through the
+  tensors' version counters): inference, where it costs what the plain layer costs.
+While the spectrum trains, each call takes the cheaper of the first two for its number of
+tokens T (``prefer_factorised``): factorised costs about 2·T·r·(in+out) multiply-adds forward
+and backward, dense 3·T·in·out (the weight's gradient is one more product) plus 2·in·out·r to
+build W' and carry its gradient back. Few tokens (ViT-B's 16 x 16 grid at small batches)
+favour the factorised form, many (TinyViT's full-resolution stage) the dense one; depthwise
+convs have no factorised form and are always rebuilt.
 """
 
 from __future__ import annotations
@@ -27,15 +34,6 @@ import torch.nn.functional as F
 from torch import nn
 
 SVD_PREFIX = "svd_"
-
-DEFAULT_TARGETS: tuple[str, ...] = (
-    "image_encoder.blocks.*.attn.qkv",
-    "image_encoder.blocks.*.attn.proj",
-    "image_encoder.blocks.*.mlp.lin1",
-    "image_encoder.blocks.*.mlp.lin2",
-    "image_encoder.neck.0",
-    "image_encoder.neck.2",
-)
 
 
 @dataclass(frozen=True)
@@ -96,6 +94,14 @@ def compute_adapted_weight(factors: SVDFactors, scale: torch.Tensor, shift: torc
     return (factors.U * s) @ factors.Vh
 
 
+def prefer_factorised(tokens: int, rows: int, cols: int, rank: int) -> bool:
+    """Whether ((x V) * s') U^T costs less than rebuilding W' (rows x cols) for ``tokens``
+    inputs, forward plus backward, with gradients to the spectrum only (module docstring)."""
+    factorised = 2 * tokens * rank * (rows + cols)
+    dense = 3 * tokens * rows * cols + 2 * rows * cols * rank
+    return factorised <= dense
+
+
 class _SVDLayer(nn.Module):
     """Shared state of SVD-tuned layers: frozen factors (buffers) and the trainable spectrum."""
 
@@ -150,9 +156,16 @@ class _SVDLayer(nn.Module):
         self._cache = None
         return super()._apply(fn, recurse)
 
-    def use_factorised(self) -> bool:
-        """Factorised while training the spectrum; dense cached W' otherwise."""
-        return self._needs_grad()
+    def adapted_matrix(self) -> torch.Tensor:
+        """W' (out x in_flat): with gradients to the spectrum while it trains, else cached."""
+        if self._needs_grad():
+            return compute_adapted_weight(self.factors(), self.svd_scale, self.svd_shift)
+        return self.dense_matrix()
+
+    def use_factorised(self, tokens: int) -> bool:
+        """Factorised for ``tokens`` inputs when the spectrum trains and that is cheaper."""
+        rows, cols = self.U.shape[0], self.Vh.shape[1]
+        return self._needs_grad() and prefer_factorised(tokens, rows, cols, self.rank)
 
 
 class SVDLinear(_SVDLayer):
@@ -167,10 +180,10 @@ class SVDLinear(_SVDLayer):
         return cls(factors or _factors_for(layer.weight), layer.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.use_factorised():
+        if self.use_factorised(x.numel() // self.in_features):
             h = F.linear(x, self.Vh) * self.singular_values()
             return F.linear(h, self.U, self.bias)
-        return F.linear(x, self.dense_matrix(), self.bias)
+        return F.linear(x, self.adapted_matrix(), self.bias)
 
     def merge(self) -> nn.Linear:
         """A plain ``nn.Linear`` with W' folded in (frozen like the rest of the base)."""
@@ -189,40 +202,44 @@ class SVDLinear(_SVDLayer):
 
 
 class SVDConv2d(_SVDLayer):
-    """An ``nn.Conv2d`` (groups=1) whose weight, viewed as out x (in*kh*kw), is SVD-tuned.
+    """An ``nn.Conv2d`` whose weight, viewed as out x (in/groups*kh*kw), is SVD-tuned: a dense
+    conv (groups=1) or a depthwise one (groups = in = out: C x k²).
 
-    Factorised form: a conv with the r filters of Vh, a per-channel scale s', then a 1x1 conv
-    with U. Input (B, in, H, W) -> (B, out, H', W').
+    Factorised form (dense convs): a conv with the r filters of Vh, a per-channel scale s',
+    then a 1x1 conv with U. Input (B, in, H, W) -> (B, out, H', W').
     """
 
     def __init__(self, factors: SVDFactors, bias: torch.Tensor | None, conv: nn.Conv2d) -> None:
         super().__init__(factors, bias)
-        if conv.groups != 1 or conv.padding_mode != "zeros":
+        depthwise = conv.groups == conv.in_channels == conv.out_channels
+        if (conv.groups != 1 and not depthwise) or conv.padding_mode != "zeros":
             raise ValueError(
-                f"SVD tuning supports Conv2d with groups=1 and zero padding, got groups="
-                f"{conv.groups}, padding_mode={conv.padding_mode!r}"
+                f"SVD tuning supports Conv2d with groups=1 or depthwise, and zero padding, got "
+                f"groups={conv.groups} ({conv.in_channels} -> {conv.out_channels} channels), "
+                f"padding_mode={conv.padding_mode!r}"
             )
         self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
         self.kernel_size, self.stride = conv.kernel_size, conv.stride
-        self.padding, self.dilation = conv.padding, conv.dilation
+        self.padding, self.dilation, self.groups = conv.padding, conv.dilation, conv.groups
 
     @classmethod
     def from_conv(cls, layer: nn.Conv2d, factors: SVDFactors | None = None) -> SVDConv2d:
         return cls(factors or _factors_for(layer.weight), layer.bias, layer)
 
-    def _conv(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
-        return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation)
-
     def _weight_shape(self, rows: int) -> tuple[int, ...]:
-        return (rows, self.in_channels, *self.kernel_size)
+        return (rows, self.in_channels // self.groups, *self.kernel_size)
+
+    def use_factorised(self, tokens: int) -> bool:
+        return self.groups == 1 and super().use_factorised(tokens)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.use_factorised():
-            h = self._conv(x, self.Vh.view(self._weight_shape(self.rank)), None)
+        if self.use_factorised(x.numel() // self.in_channels):
+            filters = self.Vh.view(self._weight_shape(self.rank))
+            h = F.conv2d(x, filters, None, self.stride, self.padding, self.dilation)
             h = h * self.singular_values().view(1, -1, 1, 1)
             return F.conv2d(h, self.U[:, :, None, None], self.bias)
-        weight = self.dense_matrix().view(self._weight_shape(self.out_channels))
-        return self._conv(x, weight, self.bias)
+        weight = self.adapted_matrix().view(self._weight_shape(self.out_channels))
+        return F.conv2d(x, weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
 
     def merge(self) -> nn.Conv2d:
         """A plain ``nn.Conv2d`` with W' folded in."""
@@ -233,6 +250,7 @@ class SVDConv2d(_SVDLayer):
             self.stride,
             self.padding,
             self.dilation,
+            self.groups,
             bias=self.bias is not None,
         )
         with torch.no_grad():
@@ -246,7 +264,7 @@ class SVDConv2d(_SVDLayer):
     def extra_repr(self) -> str:
         return (
             f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-            f"stride={self.stride}, padding={self.padding}, rank={self.rank}"
+            f"stride={self.stride}, padding={self.padding}, groups={self.groups}, rank={self.rank}"
         )
 
 
@@ -278,7 +296,7 @@ def find_targets(model: nn.Module, patterns: Iterable[str]) -> list[str]:
 
 def inject_svd(
     model: nn.Module,
-    patterns: Iterable[str] = DEFAULT_TARGETS,
+    patterns: Iterable[str],
     factors: dict[str, SVDFactors] | None = None,
 ) -> dict[str, SVDFactors]:
     """Replace each matching Linear/Conv2d of ``model`` in place by its SVD-tuned twin.
