@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from ssam.config.data import DatasetConfig
 from ssam.config.model import ModelConfig
 from ssam.errors import ConfigError, describe_problem
+from ssam.sam.families import get_family
 
 
 class LossConfig(BaseModel):
@@ -49,6 +50,16 @@ class TrainConfig(BaseModel):
     epochs: int = Field(100, ge=1)
     max_steps: int | None = Field(None, ge=1, description="stop after this many optimiser steps")
     batch_size: int = Field(32, ge=1)
+    micro_batch_size: int | Literal["auto"] = Field(
+        "auto",
+        description="images per forward/backward pass; a batch is split into such chunks with "
+        "the gradients of one pass (auto: as many as fit the activation-memory budget)",
+    )
+    activation_checkpointing: bool = Field(
+        False,
+        description="recompute the encoder's full-resolution stages in the backward pass "
+        "instead of keeping their activations (LiteMedSAM: 40 % less memory per image)",
+    )
     grad_accumulation: int = Field(1, ge=1)
     samples_per_epoch: int | None = Field(
         None, ge=1, description="draws per epoch when sampling by dataset weight (default: all)"
@@ -69,6 +80,22 @@ class TrainConfig(BaseModel):
     optim: OptimConfig = OptimConfig()
     tensorboard: bool = True
     progress: bool = True
+
+    @model_validator(mode="after")
+    def _checkpointing_offered(self) -> TrainConfig:
+        family = get_family(self.model.variant)
+        if self.activation_checkpointing and family.checkpointed_bytes_per_pixel is None:
+            raise ValueError(
+                f"activation_checkpointing is offered for LiteMedSAM's TinyViT, not for "
+                f"{self.model.variant}'s {family.name} encoder"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _positive_micro_batch(self) -> TrainConfig:
+        if isinstance(self.micro_batch_size, int) and self.micro_batch_size < 1:
+            raise ValueError(f"micro_batch_size must be at least 1, got {self.micro_batch_size}")
+        return self
 
     @model_validator(mode="after")
     def _positive_threads(self) -> TrainConfig:

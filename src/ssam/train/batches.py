@@ -46,3 +46,17 @@ def split_batches(
 def group_for_accumulation(batches: list[list[int]], accumulation: int) -> list[list[list[int]]]:
     """Consecutive micro-batches that make one optimiser step."""
     return [batches[i : i + accumulation] for i in range(0, len(batches), accumulation)]
+
+
+def chunk_rows(size: int, chunk: int) -> list[slice]:
+    """Rows 0..size-1 of a batch in consecutive slices of at most ``chunk`` rows."""
+    return [slice(start, min(start + chunk, size)) for start in range(0, size, chunk)]
+
+
+def plan_micro_batch(
+    batch_size: int, image_size: int, bytes_per_pixel: float, budget_bytes: float
+) -> int:
+    """Images per forward/backward pass: the most whose training activations (about
+    ``bytes_per_pixel`` per input pixel) fit ``budget_bytes``; at least 1, at most the batch."""
+    per_image = bytes_per_pixel * image_size * image_size
+    return max(1, min(batch_size, int(budget_bytes // per_image)))

@@ -17,6 +17,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import shutil
 import sys
 from dataclasses import dataclass
@@ -33,8 +34,15 @@ from ssam.data.splits import RUN_SPLIT_FILE
 from ssam.errors import ConfigError
 from ssam.evaluation.report import write_text_atomic
 from ssam.factory import create_model
-from ssam.threads import apply_threads
-from ssam.train.batches import compute_epoch_order, group_for_accumulation, split_batches
+from ssam.sam.families import get_family
+from ssam.threads import apply_threads, launched_locally
+from ssam.train.batches import (
+    chunk_rows,
+    compute_epoch_order,
+    group_for_accumulation,
+    plan_micro_batch,
+    split_batches,
+)
 from ssam.train.data import TrainingData, build_training_data
 from ssam.train.log import RunLogger, read_log
 from ssam.train.losses import segmentation_loss
@@ -45,6 +53,7 @@ from ssam.tuning.adapter import adapter_state_dict, save_adapter
 from ssam.tuning.svd import compute_svd_regulariser
 
 log = logging.getLogger(__name__)
+CHECKPOINTED_STAGES = 2  # TinyViT's stages at S and S/2
 
 # Settings a resumed run may change; any other difference would make it another run.
 _RESUMABLE_CHANGES = {
@@ -55,6 +64,7 @@ _RESUMABLE_CHANGES = {
     "tensorboard",
     "val_at_start",
     "threads",
+    "micro_batch_size",
 }
 
 
@@ -132,6 +142,10 @@ class _Run:
         torch.manual_seed(config.seed)
         self.data: TrainingData = build_training_data(config)
         model = create_model(config.model, device="cpu")
+        if self.main:
+            print(model.weights_source, file=sys.stderr)
+        if config.activation_checkpointing:
+            model.image_encoder.checkpoint_stages(CHECKPOINTED_STAGES)
         model.text_encoder.encode(self.data.vocabulary)  # CLIP runs here, never in a step
         params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(
@@ -140,6 +154,9 @@ class _Run:
         self.scheduler = torch.optim.lr_scheduler.StepLR(
             self.optimizer, step_size=config.optim.step_size, gamma=config.optim.gamma
         )
+        self.micro_batch, micro_line = choose_micro_batch(config, self.accelerator.device)
+        if self.main and micro_line:
+            print(micro_line, file=sys.stderr)
         self.progress = Progress()
         self.announce_splits()
         if resume:
@@ -237,11 +254,12 @@ class _Run:
         )
         return group_for_accumulation(batches, c.grad_accumulation)
 
-    def loss(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    def loss(self, batch: dict, rows: slice) -> tuple[torch.Tensor, torch.Tensor]:
+        """Segmentation loss and Dice of ``rows`` of ``batch`` (label tokens from all of it)."""
         device, c = self.accelerator.device, self.config.loss
         with self.accelerator.autocast():
-            logits = self.model(batch["image"].to(device), list(batch["label"]))
-        target = batch["mask"].to(device)
+            logits = self.model(batch["image"][rows].to(device), list(batch["label"]), rows=rows)
+        target = batch["mask"][rows].to(device)
         loss = segmentation_loss(
             logits.float(),
             target,
@@ -251,9 +269,36 @@ class _Run:
             c.focal_weight,
             c.dice_weight,
         )
-        if c.svd_regulariser > 0:
-            loss = loss + c.svd_regulariser * compute_svd_regulariser(self.unwrapped)
         return loss, compute_batch_dice(logits.float(), target)
+
+    def backward_batch(self, batch: dict, share: float, sync: bool) -> tuple[float, torch.Tensor]:
+        """Forward and backward one batch in chunks of ``micro_batch`` images, each chunk's
+        loss weighted by its share of the batch: the gradients of one pass over the whole
+        batch (both loss terms are means over samples; the label tokens and their BatchNorm
+        statistics come from the whole batch, whose running statistics update once).
+        ``share``: the batch's weight in the step; ``sync``: the step's last backward (DDP
+        reduces the gradients then). Returns the batch's loss and per-sample Dice."""
+        size = len(batch["label"])
+        parts = chunk_rows(size, self.micro_batch)
+        affine = self.unwrapped.text_affine
+        total, dices = 0.0, []
+        for j, rows in enumerate(parts):
+            last = sync and j == len(parts) - 1
+            context = contextlib.nullcontext() if last else self.accelerator.no_sync(self.model)
+            affine.hold_running_stats = j > 0
+            try:
+                with context:
+                    loss, dice = self.loss(batch, rows)
+                    loss = loss * ((rows.stop - rows.start) / size)
+                    if j == 0 and self.config.loss.svd_regulariser > 0:
+                        reg = compute_svd_regulariser(self.unwrapped)
+                        loss = loss + self.config.loss.svd_regulariser * reg
+                    self.accelerator.backward(loss * share)
+            finally:
+                affine.hold_running_stats = False
+            total += loss.item()
+            dices.append(dice)
+        return total, torch.cat(dices)
 
     def optimiser_step(self, batches: list[dict]) -> tuple[float, float]:
         """Forward and backward every micro-batch of one step, then the optimiser step.
@@ -261,11 +306,8 @@ class _Run:
         total_loss, dices = 0.0, []
         for i, batch in enumerate(batches):
             sync = i == len(batches) - 1
-            context = contextlib.nullcontext() if sync else self.accelerator.no_sync(self.model)
-            with context:
-                loss, dice = self.loss(batch)
-                self.accelerator.backward(loss / len(batches))
-            total_loss += loss.item() / len(batches)
+            loss, dice = self.backward_batch(batch, 1 / len(batches), sync)
+            total_loss += loss / len(batches)
             dices.append(dice)
         if self.config.optim.grad_clip:
             self.accelerator.clip_grad_norm_(self.model.parameters(), self.config.optim.grad_clip)
@@ -323,7 +365,7 @@ class _Run:
         scores, positive = score_samples(
             self.unwrapped,  # no DDP hooks: the processes' shards may differ in batch count
             self.data.val_set,
-            self.config.batch_size,
+            self.micro_batch,
             acc.device,
             acc.autocast,
             shard=(acc.process_index, acc.num_processes),
@@ -375,6 +417,38 @@ class _Run:
             best, when = self.progress.best_score, self.progress.best_epoch
             line += f", val Dice {record['val_dice']:.4f} (best {best:.4f}, epoch {when + 1})"
         return line
+
+
+def choose_micro_batch(config: TrainConfig, device: torch.device) -> tuple[int, str]:
+    """Images per forward/backward pass, and a line saying so when a batch is split.
+
+    ``auto``: the most whose activations fit a budget of a quarter of this machine's memory
+    (half a GPU's), shared by the processes of one launch on it; the encoder family's
+    measured ``train_bytes_per_pixel`` sizes an image.
+    """
+    batch = config.batch_size
+    if config.micro_batch_size != "auto":
+        chosen, why = min(batch, config.micro_batch_size), "as set"
+    else:
+        if device.type == "cuda":
+            memory, share = torch.cuda.get_device_properties(device).total_memory, 0.5
+        else:
+            memory, share = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), 0.25
+        processes = 1 if device.type == "cuda" else launched_locally()
+        budget = memory * share / processes
+        family = get_family(config.model.variant)
+        per_pixel = family.train_bytes_per_pixel
+        if config.activation_checkpointing:
+            per_pixel = family.checkpointed_bytes_per_pixel
+        chosen = plan_micro_batch(batch, config.model.image_size, per_pixel, budget)
+        per_image = per_pixel * config.model.image_size**2 / 2**30
+        why = (
+            f"auto: ~{per_image:.2f} GiB of activations per image, budget {budget / 2**30:.1f} GiB"
+        )
+    if chosen >= batch:
+        return batch, ""
+    line = f"batch {batch} in passes of {chosen} images, gradients as one batch ({why})"
+    return chosen, line
 
 
 def train(config: TrainConfig, resume: bool = False) -> TrainResult:

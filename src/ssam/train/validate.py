@@ -24,6 +24,7 @@ def compute_batch_dice(logits: torch.Tensor, target: torch.Tensor) -> torch.Tens
 
 
 @torch.no_grad()
+@torch.no_grad()
 def score_samples(
     model,
     dataset: Dataset,
