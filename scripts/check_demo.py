@@ -2,8 +2,9 @@
 
 Usage: python scripts/check_demo.py runs/ci-demo
 Fails if the run is incomplete (no report, no time) or a structure's S-SAM Dice is below the
-bound or below the untrained model's. The time is reported against the 5-minute budget
-(benchmark-style), not asserted: it depends on what else the machine runs.
+bound or below the untrained model's. Prints the base it ran on, the box-prompted base's Dice
+(the expert-prompt reference) beside S-SAM's, the time against the 5-minute budget and the
+peak memory (benchmark-style, not asserted: both depend on what else the machine runs).
 """
 
 from __future__ import annotations
@@ -20,11 +21,14 @@ def main(folder: str) -> int:
     report = json.loads((Path(folder) / "demo.json").read_text())
     seconds = report["seconds"]
     print(f"weights: {report['weights']}")
-    print(f"{'structure':<10} {'untrained':>9} {'S-SAM':>7}  goal {GOAL}")
+    print(f"plan: {report.get('plan')}")
+    print(f"{'structure':<10} {'untrained':>9} {'S-SAM':>7} {'box ref.':>9}  goal {GOAL}")
     failed = []
     for label in report["labels"]:
         before, after = report["dice_untrained"][label], report["dice_trained"][label]
-        print(f"{label:<10} {before:9.3f} {after:7.3f}  {'met' if after >= GOAL else 'not met'}")
+        box = report.get("dice_box", {}).get(label, float("nan"))
+        verdict = "met" if after >= GOAL else "not met"
+        print(f"{label:<10} {before:9.3f} {after:7.3f} {box:9.3f}  {verdict}")
         if after < max(GOAL, before):
             failed.append(label)
     if "total" not in seconds:
@@ -32,6 +36,8 @@ def main(folder: str) -> int:
         return 1
     print("time: " + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()))
     print(f"time budget {BUDGET_S} s: {'within' if seconds['total'] <= BUDGET_S else 'over'}")
+    if report.get("peak_rss_mib"):
+        print(f"peak memory (RSS): {report['peak_rss_mib']:.0f} MiB")
     if failed:
         print(f"demo check failed: Dice below {GOAL} (or below the untrained model) for {failed}")
         return 1

@@ -75,8 +75,14 @@ _FILE_FIXES = {
     "clip_checkpoint": "give the path of the CLIP ViT-B/32 weights (ViT-B-32.pt), or leave the "
     "flag out to use the cached official file; `--set model.text_encoder=tiny` (train, "
     "evaluate) runs a random toy text tower instead, for tests and demos only",
-    "base": "give the run folder of a finished `ssam demo`",
 }
+
+
+RETIRED_BASE = (
+    "--base is retired: `ssam demo` no longer pre-trains a small SAM, and every command "
+    "starts from LiteMedSAM (installed with S-SAM) when no base is named; drop --base, or "
+    "name another base with --set model.variant=vit_b --sam-checkpoint FILE"
+)
 
 
 def check_files(**paths: Path | None) -> None:
@@ -85,8 +91,7 @@ def check_files(**paths: Path | None) -> None:
     for name, path in paths.items():
         if path is None:
             continue
-        exists = path.is_dir() if name == "base" else path.is_file()
-        if not exists:
+        if not path.is_file():
             flag = "--" + name.replace("_", "-")
             raise ConfigError(f"{flag} {path}: no such file; {_FILE_FIXES[name]}")
 
@@ -144,35 +149,20 @@ def build_config(
     **fields,
 ) -> TrainConfig:
     """The training config from a YAML file and/or --data/--label, then --set overrides;
-    ``base``: a finished demo run whose small SAM is the base model (``ssam.demo.base``);
-    ``offline``: never download weights. Given weight files are checked first."""
+    ``offline``: never download weights. Given weight files are checked first. ``base``: the
+    retired ``--base`` option, refused with what replaced it."""
     from ssam.config.train import load_train_config
 
-    check_files(sam_checkpoint=sam_checkpoint, clip_checkpoint=clip_checkpoint, base=base)
+    if base is not None:
+        raise ConfigError(RETIRED_BASE)
+    check_files(sam_checkpoint=sam_checkpoint, clip_checkpoint=clip_checkpoint)
     if offline:
         fields["model.allow_download"] = False
-    if base is not None:
-        from ssam.demo.base import base_overrides
-
-        overrides = base_overrides(base, _sets_lr(config, overrides)) + list(overrides)
     if data is not None:
         overrides = quick_dataset_overrides(data, label) + list(overrides)
     fields["model.sam_checkpoint"] = sam_checkpoint and str(sam_checkpoint.resolve())
     fields["model.clip_checkpoint"] = clip_checkpoint and str(clip_checkpoint.resolve())
     return load_train_config(config, list(overrides), **fields)
-
-
-def _sets_lr(config: Path | None, overrides: list[str]) -> bool:
-    """Whether the YAML config or an override sets the learning rate."""
-    import yaml
-
-    if any(item.strip().startswith("optim.lr=") for item in overrides):
-        return True
-    try:
-        tree = yaml.safe_load(config.read_text()) if config is not None else None
-    except (OSError, yaml.YAMLError):
-        return False  # load_train_config reports the unreadable file
-    return isinstance(tree, dict) and "lr" in (tree.get("optim") or {})
 
 
 def parse_threads(value: str | None) -> int | str | None:
@@ -222,15 +212,19 @@ def load_predictor(
     allow_download: bool,
     **kwargs,
 ) -> SSAMPredictor:
-    """A predictor from an adapter (plus base files) or from a merged checkpoint."""
+    """A predictor from an adapter (plus base files) or from a merged checkpoint; says on
+    stderr, in one line, which base it runs and where its weights came from."""
     from ssam.inference.predictor import SSAMPredictor
 
     check_model_files(adapter, merged, sam_checkpoint, clip_checkpoint)
     if merged is not None:
-        return SSAMPredictor.from_merged(merged, None, clip_checkpoint, device, **kwargs)
-    return SSAMPredictor.from_adapter(
-        adapter, sam_checkpoint, clip_checkpoint, device, allow_download, **kwargs
-    )
+        predictor = SSAMPredictor.from_merged(merged, None, clip_checkpoint, device, **kwargs)
+    else:
+        predictor = SSAMPredictor.from_adapter(
+            adapter, sam_checkpoint, clip_checkpoint, device, allow_download, **kwargs
+        )
+    print(predictor.model.weights_source, file=sys.stderr)
+    return predictor
 
 
 def load_option_predictor(

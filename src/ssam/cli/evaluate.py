@@ -23,9 +23,11 @@ def evaluate_entry(
         None, "--output-dir", "-o", help="where metrics.csv and summary.json go"
     ),
     old_output: Path | None = typer.Option(None, "--output", hidden=True),
-    sam_checkpoint: Path | None = typer.Option(None, help="SAM base checkpoint"),
+    sam_checkpoint: Path | None = typer.Option(
+        None, help="base checkpoint (default: LiteMedSAM, installed with S-SAM)"
+    ),
     clip_checkpoint: Path | None = typer.Option(None, help="CLIP weights"),
-    base: Path | None = typer.Option(None, help="a finished `ssam demo` run as the base model"),
+    base: Path | None = typer.Option(None, hidden=True),  # retired: one line says so
     batch_size: int = typer.Option(8, help="slices per encoder call"),
     offline: bool = typer.Option(False, help="never download weights"),
     threads: str | None = typer.Option(
@@ -63,6 +65,7 @@ def evaluate_entry(
         batch_size,
         progress=cfg.progress,
         backend=backend,
+        say=lambda line: typer.echo(line, err=True),
     )
     for name, how in result.table.context["splits"].items():
         typer.echo(f"{split} split of {name}: {how}", err=True)

@@ -28,5 +28,6 @@ def merge_entry(
 
     files = merge_adapter(adapter, output, sam_checkpoint, clip_checkpoint, not offline)
     console = Console()
+    console.print(files.weights_source, highlight=False)
     console.print(f"merged checkpoint: {files.checkpoint}")
     console.print(f"companion:         {files.companion}")

@@ -20,11 +20,11 @@ def train_entry(
     epochs: int | None = typer.Option(None, help="number of epochs"),
     max_steps: int | None = typer.Option(None, help="stop after this many optimiser steps"),
     batch_size: int | None = typer.Option(None, help="batch size per process"),
-    sam_checkpoint: Path | None = typer.Option(None, help="SAM base checkpoint"),
-    clip_checkpoint: Path | None = typer.Option(None, help="CLIP weights"),
-    base: Path | None = typer.Option(
-        None, help="a finished `ssam demo` run: train on its small SAM (offline; sets model and lr)"
+    sam_checkpoint: Path | None = typer.Option(
+        None, help="base checkpoint (default: LiteMedSAM, installed with S-SAM)"
     ),
+    clip_checkpoint: Path | None = typer.Option(None, help="CLIP weights"),
+    base: Path | None = typer.Option(None, hidden=True),  # retired: one line says so
     resume: bool = typer.Option(False, help="continue the run saved in the output folder"),
     offline: bool = typer.Option(False, help="never download weights"),
     threads: str | None = typer.Option(

@@ -16,21 +16,14 @@ from ssam.inference.overlay import add_legend, blend_overlay, save_png, tile_ima
 from ssam.train.plots import plot_loss  # noqa: E402  (the run folders' curve's)
 
 
-def plot_learning_curves(
-    foundation: list[dict], steps: list[dict], epochs: list[dict], path: Path
-) -> Path:
-    """Stage-1 loss, stage-2 loss and validation Dice per epoch, side by side (PNG)."""
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6), dpi=110)
-    if foundation:
-        plot_loss(axes[0], foundation, "tab:gray")
-    axes[0].set(
-        title="stage 1: foundation (box prompts)", xlabel="step", ylabel="focal + Dice loss"
-    )
-    plot_loss(axes[1], steps, "tab:blue")
-    axes[1].set(title="stage 2: S-SAM by label name", xlabel="step", ylabel="focal + Dice loss")
+def plot_learning_curves(steps: list[dict], epochs: list[dict], path: Path) -> Path:
+    """Training loss per step and validation Dice per epoch, side by side (PNG)."""
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), dpi=110)
+    plot_loss(axes[0], steps, "tab:blue")
+    axes[0].set(title="S-SAM by label name", xlabel="step", ylabel="focal + Dice loss")
     validated = [r for r in epochs if r.get("val_dice") is not None]
-    axes[2].plot([r["epoch"] + 1 for r in validated], [r["val_dice"] for r in validated], "o-")
-    axes[2].set(title="stage 2: validation Dice", xlabel="epoch", ylabel="Dice", ylim=(0, 1))
+    axes[1].plot([r["epoch"] + 1 for r in validated], [r["val_dice"] for r in validated], "o-")
+    axes[1].set(title="validation Dice", xlabel="epoch", ylabel="Dice", ylim=(0, 1))
     return save_figure(fig, path)
 
 

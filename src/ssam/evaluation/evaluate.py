@@ -206,13 +206,16 @@ def evaluate(
     pictures: bool = True,
     progress: bool = False,
     backend: str = "torch",
+    say: Callable[[str], None] | None = None,
 ) -> EvaluationResult:
     """Evaluate ``adapter`` (None: the untrained base model) on ``split`` of the datasets in
     ``config``; writes ``metrics.csv`` and ``summary.json`` into ``output_dir`` (default:
     beside the adapter, or ``<output_dir of the config>/eval-untrained-<split>``), and with
     ``pictures`` ``dice_per_case.png`` and ``worst_cases.png`` (the lowest-Dice cases).
     ``on_case`` is called with each case id once it is scored; ``progress``: a bar over the
-    cases on stderr; ``backend``: where the model runs (torch, onnx, onnx-int8)."""
+    cases on stderr; ``backend``: where the model runs (torch, onnx, onnx-int8); ``say``
+    receives one line naming the base model and where its weights came from (also in the
+    summary's ``base``)."""
     if output_dir is None:
         base = Path(adapter).parent if adapter is not None else Path(config.output_dir)
         output_dir = (
@@ -221,10 +224,13 @@ def evaluate(
     output_dir = Path(output_dir)
     cases, splits = describe_split_cases(config, split, read_run_split(adapter))
     predictor = build_predictor(config, adapter, batch_size, backend)
+    base = predictor.model.weights_source
+    if say is not None:
+        say(base)
     model = str(adapter) if adapter is not None else UNTRAINED
     table = MetricsTable(
         hd95_unit=_hd95_unit([c for v in cases.values() for c in v]),
-        context={"model": model, "split": split, "splits": splits},
+        context={"model": model, "base": base, "split": split, "splits": splits},
     )
     by_name = {d.dataset_name: d for d in config.datasets}
     several = sum(1 for v in cases.values() if v) > 1
