@@ -29,6 +29,7 @@ import numpy as np
 
 from ssam.data._dicom import (
     DICOM_SUFFIXES,
+    check_unique_instances,
     read_dicom_file,
     read_dicom_file_header,
     read_dicom_series,
@@ -56,6 +57,7 @@ __all__ = [
     "SUPPORTED_SUFFIXES",
     "ImageProperties",
     "binarize_mask",
+    "check_unique_instances",
     "file_suffix",
     "label_map_suffix",
     "read_header",
