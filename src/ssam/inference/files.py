@@ -324,7 +324,8 @@ def _run_case(
 
     def start(n_slices: int) -> None:
         if show and n_slices > 1:
-            bars.append(tqdm(total=n_slices, desc=case.case_id, unit="slice", leave=False))
+            bar = tqdm(total=n_slices, desc=case.case_id, unit="slice", leave=False, disable=None)
+            bars.append(bar)  # disable=None: shown on a terminal only, never in a log file
 
     def advance(done: int) -> None:
         for bar in bars:
@@ -363,7 +364,8 @@ def predict_cases(
     options.output_dir.mkdir(parents=True, exist_ok=True)
     hidden = [p for p in options.output_dir.iterdir() if p.name.startswith(".")]
     outcomes = []
-    for case in tqdm(cases, desc="cases", unit="case", disable=not show_progress):
+    shown = None if show_progress else True  # None: on a terminal only (never in a log file)
+    for case in tqdm(cases, desc="cases", unit="case", disable=shown):
         planned = planned_outputs(case, labels, options)
         if not options.overwrite and all(p.is_file() for p in planned):
             outcomes.append(
