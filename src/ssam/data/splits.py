@@ -20,8 +20,8 @@ name one patient, case or sequence (``infer_groups``), by the first of:
 3. a digit-bearing token (not the trailing number) that several files share: ``0001`` of
    ``0001_2CH_ES`` and ``0001_4CH_ED``.
 
-An id from 2 or 3 that more than a third of the names share is a dataset prefix (``X2017``
-of ``X2017_001``, ``X2017_002``, ...), not a patient: the next rule is tried. ``testA_25``
+An id from 2 or 3 that more than half of the names share is a dataset prefix (``X2017`` of
+``X2017_001``, ``X2017_002``, ...), not a patient: the next rule is tried. ``testA_25``
 and hashes stay alone; volumes are their own group. ``none``: every case alone. Any other
 value: a regex whose first group (or whole match) names the group.
 
@@ -59,7 +59,7 @@ ID_TOKEN = re.compile(
     r"(?<![A-Za-z0-9])(patient|subject|subj|case|pat|sub|pt|p)[_-]?(\d+)(?![A-Za-z0-9])",
     re.IGNORECASE,
 )
-PREFIX_SHARE = 1 / 3  # an id of rule 2 or 3 shared by more of the names is a dataset prefix
+PREFIX_SHARE = 1 / 2  # an id of rule 2 or 3 shared by more of the names is a dataset prefix
 MAX_CHECKED = (500, 3000)  # validation, training images fingerprinted at most (evenly spread)
 _SPLIT_STREAM = 2  # keeps split seeds apart from other seeded streams
 
