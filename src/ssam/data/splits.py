@@ -34,6 +34,7 @@ it), and the validation images are compared with the training images by small fi
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import warnings
@@ -156,6 +157,8 @@ def infer_groups(
 ) -> dict[str, str] | None:
     """Case id -> group from the names of the 2D cases (volumes alone; see the module doc),
     or None where the names suggest no group of two or more cases, or everything in one."""
+    if len(set(_name_keys([c.case_id for c in cases]).values())) == len(cases):
+        return None  # no shared id even counting volumes: no header needs reading
     flat = [c.case_id for c in cases if not is_volume(c)]
     keys = _name_keys(flat)
     groups = {c.case_id: keys.get(c.case_id, c.case_id) for c in cases}
@@ -338,12 +341,13 @@ def split_dataset(
         DataError: source "dataset" without a splits_final.json in ``root``.
     """
     path = Path(root) / SPLITS_FILE
+    is_volume = functools.cache(_is_volume)  # each header read once
     folds = read_nnunet_splits(root) if config.source in ("auto", "dataset") else None
     if config.source == "dataset" and folds is None:
         raise DataError(
             f"{path}: split source 'dataset' needs this file; use a val_fraction split instead"
         )
-    groups, grouping = resolve_groups(cases, config.group_pattern)
+    groups, grouping = resolve_groups(cases, config.group_pattern, is_volume)
     if folds is not None:
         train, val = split_by_fold(cases, folds, config.fold, path)
         source = f"{SPLITS_FILE} fold {config.fold}"
@@ -351,10 +355,10 @@ def split_dataset(
         train, val = split_by_fraction(cases, config.val_fraction, config.seed, groups=groups)
         source = f"seeded fraction {config.val_fraction} (seed {config.seed})"
     split = DatasetSplit(train, val, list(test_cases), source, grouping, groups)
-    suggested = groups if grouping.startswith("auto: name") else infer_groups(cases)
+    suggested = groups if grouping.startswith("auto: name") else infer_groups(cases, is_volume)
     warn_if_leaking(split, suggested, name or Path(root).name)
     if suggested is None:
-        flat = [c for c in cases if not _is_volume(c)]
+        flat = [c for c in cases if not is_volume(c)]
         loud = folds is None and config.group_pattern not in (None, "none")
         warn_if_each_alone(split, flat, name or Path(root).name, loud)
     return split
