@@ -205,3 +205,26 @@ def test_a_source_without_its_study_fails_its_case_only(run, tmp_path):
     text = " ".join(result.output.split())
     assert result.exit_code == 1 and "1 done, 0 skipped, 1 failed" in text, result.output
     assert "FAILED bare" in text and "bare.dcm: DICOM header lacks StudyInstanceUID" in text, text
+
+
+def test_slices_sharing_one_instance_uid_fail_their_case(run, tmp_path):
+    """Two slices of a series with one SOPInstanceUID: the SEG's frames could not be placed,
+    so the case fails naming the UID, the others go on; a SEG built from such headers is
+    refused the same way."""
+    inputs, _, _, base = run
+    series = tmp_path / "dup"
+    series.mkdir()
+    for k, path in enumerate(sorted((inputs / "series").iterdir())):
+        ds = pydicom.dcmread(path)
+        if k < 2:
+            ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = "1.2.826.0.1.5.5"
+        ds.save_as(series / path.name, enforce_file_format=True)
+    args = [series, inputs / "grey.png", "-o", tmp_path / "out", *base, "--dicom-seg"]
+    result = CliRunner().invoke(app, ["predict", *map(str, args), "--no-progress"])
+    text = " ".join(result.output.split())
+    assert result.exit_code == 1 and "1 done, 0 skipped, 1 failed" in text, result.output
+    assert "FAILED dup" in text and "share SOPInstanceUID 1.2.826.0.1.5.5" in text, text
+    assert not (tmp_path / "out" / "dup.seg.dcm").exists()
+    headers = [pydicom.dcmread(p, stop_before_pixels=True) for p in sorted(series.iterdir())]
+    with pytest.raises(DataError, match=r"share SOPInstanceUID 1\.2\.826\.0\.1\.5\.5"):
+        prepare_sources(headers, series)

@@ -27,13 +27,26 @@ def current_umask() -> int:
     return mask
 
 
+def temporary_prefix(path: str | os.PathLike[str]) -> str:
+    """How the names of ``path``'s temporary files start (``.NAME.``): hidden, and findable
+    again after a killed process left one behind (``is_temporary_of``)."""
+    return f".{Path(path).name}."
+
+
+def is_temporary_of(name: str, path: str | os.PathLike[str]) -> bool:
+    """Whether the file name ``name`` is one of ``atomic_path``'s temporaries for ``path``."""
+    return name.startswith(temporary_prefix(path))
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike[str], suffix: str = ".tmp") -> Iterator[Path]:
     """A temporary path next to ``path`` to write; renamed onto ``path`` when the block ends
-    without an error, deleted otherwise. The parent folder is created if needed."""
+    without an error, deleted otherwise. The parent folder is created if needed. ``suffix``
+    ends the temporary name: give the target's own (".png", ".nii.gz") to writers that
+    choose the format by it. A SIGKILL can leave the temporary file, never a half ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temporary_prefix(path), suffix=suffix)
     os.close(fd)
     try:
         yield Path(tmp)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 
 class SSAMError(Exception):
     """Base class: the CLI prints these as one line, without a traceback."""
@@ -25,6 +27,41 @@ class DataError(SSAMError, ValueError):
 
 class ConfigError(SSAMError, ValueError):
     """A configuration value is invalid."""
+
+
+class MissingPackageError(SSAMError, ImportError):
+    """A package a command needs is not installed (an environment set up by hand)."""
+
+
+# What each optional-looking part needs: pip name -> the module(s) it provides (any one).
+# All are core dependencies (scripts/setup.sh installs them); this only turns a venv that
+# lacks one into an instruction instead of a traceback.
+SERVE_PACKAGES = {
+    "fastapi": ("fastapi",),
+    "uvicorn": ("uvicorn",),
+    "python-multipart": ("python_multipart", "multipart"),
+}
+ONNX_PACKAGES = {"onnx": ("onnx",), "onnxruntime": ("onnxruntime",)}
+
+
+def require_packages(purpose: str, packages: dict[str, tuple[str, ...]]) -> None:
+    """Import each package's module; MissingPackageError naming ``purpose`` and the
+    ``pip install`` line for every one that is missing or broken."""
+    missing = []
+    for name, modules in packages.items():
+        for module in modules:
+            try:
+                importlib.import_module(module)
+                break
+            except ImportError:
+                continue
+        else:
+            missing.append(name)
+    if missing:
+        raise MissingPackageError(
+            f"{purpose} needs {', '.join(missing)}, not installed in this environment: "
+            f"pip install {' '.join(missing)} (or run scripts/setup.sh again)"
+        )
 
 
 def describe_problem(problem: dict, prefix: str = "") -> str:

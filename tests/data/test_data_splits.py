@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ from PIL import Image
 
 from ssam.config.data import SplitConfig
 from ssam.data.cases import Case
+from ssam.data.fingerprints import find_near_duplicates
 from ssam.data.layouts import discover_folder_cases, discover_nnunet_cases
 from ssam.data.samples import SegmentationSamples
 from ssam.data.splits import (
@@ -157,7 +159,7 @@ def test_video_frames_are_grouped_by_sequence(tmp_path):
     split = split_dataset(cases, SplitConfig(val_fraction=0.2, seed=1), root)
     sequences = [{c.case_id.split("_")[0] for c in side} for side in (split.train, split.val)]
     assert len(split.val) == 4 and len(sequences[1]) == 1 and not sequences[0] & sequences[1]
-    assert "auto: name pattern" in split.grouping
+    assert split.grouping.startswith("auto: name ids, e.g. seq0_frame000 -> seq0 (5 groups)")
 
 
 @pytest.mark.parametrize(
@@ -186,3 +188,119 @@ def test_names_without_groups_and_volumes_stay_alone(tmp_path, make_nnunet_3d):
     fake = [Case(n, (root / "images" / "testA_0.png",), None, {}, "x") for n in names]
     assert infer_groups(fake, is_volume=lambda case: True) is None
     assert infer_groups(fake, is_volume=lambda case: False) is None  # one group: not a split
+
+
+def _patients_of(split, key):
+    return [{key(c.case_id) for c in side} for side in (split.train, split.val)]
+
+
+def test_echo_views_and_mirrored_copies_stay_with_their_patient(tmp_path):
+    """Echocardiography as published: 4 views per patient and a mirrored copy of each, the
+    patient id inside the name (``mirrored_patient0001_2CH_ES``)."""
+    names = [
+        f"{mirror}patient{p:04d}_{view}_{phase}"
+        for p in range(1, 7)
+        for view in ("2CH", "4CH")
+        for phase in ("ED", "ES")
+        for mirror in ("", "mirrored_")
+    ]
+    root = _write_pairs(tmp_path / "echo", names)
+    cases = discover_folder_cases(root, "ventricle")
+    for seed in range(4):
+        split = split_dataset(cases, SplitConfig(val_fraction=0.2, seed=seed), root)
+        train, val = _patients_of(split, lambda i: i.removeprefix("mirrored_")[:11])
+        assert len(val) == 1 and not train & val, (seed, val & train)
+        grouping = "auto: name ids, e.g. mirrored_patient0001_2CH_ED -> patient0001 (6 groups)"
+        assert split.grouping == grouping
+        assert split.describe()["train"]["groups"] == 5
+
+
+def _fake(names):
+    return [Case(n, (Path(f"{n}.png"),), None, {}, "x") for n in names]
+
+
+@pytest.mark.parametrize(
+    ("names", "group"),
+    [
+        (["case_00012_axial", "case_00012_coronal", "case_00013_axial"], "case00012"),
+        (["sub-01_T1w", "sub-01_FLAIR", "sub-02_T1w", "sub-02_FLAIR"], "sub01"),
+        (["P12_left", "P12_right", "P7_left", "P7_right", "P3_left"], "p12"),
+        (["scan_pat12_a", "scan_pat12_b", "scan_pat13_a", "scan_pat13_b"], "pat12"),
+        # a leading or embedded id shared by several files (2CH: half of them, not an id)
+        (["0001_2CH_ES", "0001_4CH_ED", "0002_2CH_ES", "0002_4CH_ED", "0003_2CH_ES"], "0001"),
+        (["us_A12_left_v", "us_A12_right_v", "us_B07_left_v", "us_B07_right_v"], "A12"),
+    ],
+)
+def test_patient_like_tokens_anywhere_in_a_name(names, group):
+    groups = infer_groups(_fake(names), is_volume=lambda case: False)
+    assert groups is not None and groups[names[0]] == groups[names[1]] == group
+    assert groups[names[0]] != groups[names[2]]
+
+
+def test_a_shared_digit_prefix_is_not_a_patient(tmp_path):
+    """``X2017_001``, ``X2017_002``, ...: the prefix is the dataset's (a year, a challenge),
+    not a patient: one name outside the pattern must not make it a split into two groups."""
+    names = [f"X2017_{k:03d}" for k in range(1, 30)] + ["X2017_030_flipped"]
+    assert infer_groups(_fake(names), is_volume=lambda case: False) is None
+    root = _write_pairs(tmp_path / "x", names)
+    with pytest.warns(SplitLeakWarning, match="EACH CASE IS ITS OWN GROUP"):
+        split = split_dataset(discover_folder_cases(root, "lesion"), SplitConfig(), root)
+    assert split.grouping.startswith("auto: none found") and len(split.val) == 6
+    with_ids = [f"X2017_P{p}_{k:03d}" for p in range(5) for k in range(4)]  # ids still found
+    assert set(infer_groups(_fake(with_ids), lambda case: False).values()) == {
+        f"p{p}" for p in range(5)
+    }
+
+
+def _video_frames(shared_data, folder, videos=4, frames=12):
+    """Consecutive frames of a few "videos" (a real colonoscopy image, the camera moving 2
+    pixels a frame), numbered 1.png, 2.png, ... as in the published dataset."""
+    sources = sorted((shared_data / "kvasir-seg" / "images").iterdir())[:videos]
+    for sub in ("images", "masks"):
+        (folder / sub).mkdir(parents=True)
+    number = 0
+    for source in sources:
+        scene = np.asarray(Image.open(source).convert("RGB"))
+        for f in range(frames):
+            number += 1
+            frame = scene[2 * f : 2 * f + 200, 3 * f : 3 * f + 200]
+            Image.fromarray(frame).save(folder / "images" / f"{number}.png")
+            mask = np.zeros(frame.shape[:2], np.uint8)
+            mask[60:140, 50 + f : 150 + f] = 255
+            Image.fromarray(mask).save(folder / "masks" / f"{number}.png")
+    return folder
+
+
+def test_numbered_video_frames_warn_of_near_duplicates(shared_data, tmp_path):
+    root = _video_frames(shared_data, tmp_path / "clinic")
+    cases = discover_folder_cases(root, "polyp")
+    assert infer_groups(cases) is None  # 1.png ... 48.png: nothing in the names
+    with pytest.warns(SplitLeakWarning) as caught:
+        split = split_dataset(cases, SplitConfig(val_fraction=0.2), root)
+    texts = [str(w.message) for w in caught]
+    assert any("EACH CASE IS ITS OWN GROUP" in t and "its 48 image names" in t for t in texts)
+    near = [t for t in texts if "near-duplicate in training" in t]
+    assert len(near) == 1 and f"10 of {len(split.val)} validation images" in near[0], texts
+    assert "group_pattern" in near[0]
+
+
+def test_distinct_images_get_no_near_duplicate_warning(shared_data, tmp_path):
+    root = tmp_path / "glas"
+    for sub in ("images", "masks"):
+        (root / sub).mkdir(parents=True)
+        for path in sorted((shared_data / "glas" / sub).iterdir()):
+            (root / sub / path.name).symlink_to(path)
+    cases = discover_folder_cases(root, "gland")
+    with pytest.warns(SplitLeakWarning) as caught:
+        split_dataset(cases, SplitConfig(val_fraction=0.3), root)
+    texts = [str(w.message) for w in caught]
+    assert len(texts) == 1 and "EACH CASE IS ITS OWN GROUP" in texts[0], texts
+
+
+def test_a_mirrored_copy_is_a_near_duplicate(shared_data, tmp_path):
+    images = sorted((shared_data / "kvasir-seg" / "images").iterdir())[:2]
+    flipped = tmp_path / "mirrored.png"
+    Image.fromarray(np.asarray(Image.open(images[0]))[:, ::-1]).save(flipped)
+    original, other, mirrored = (Case(p.stem, (p,), None, {}, "k") for p in (*images, flipped))
+    assert find_near_duplicates([mirrored, other], [original]) == [mirrored]
+    assert find_near_duplicates([original], [other]) == []

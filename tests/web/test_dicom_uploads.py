@@ -14,6 +14,7 @@ import highdicom as hd
 import httpx
 import nibabel as nib
 import numpy as np
+import pydicom
 import pytest
 from browser import require, viewer_missing
 from test_api import wait_for_job
@@ -94,6 +95,43 @@ def test_mixed_series_is_422_naming_both(client, tmp_path):
         assert str(tmp_path) not in detail
     corrupt = client.post("/v1/segment", files={"file": ("c.zip", b"PK\x03\x04" + bytes(200))})
     assert corrupt.status_code == 422 and "cannot read the zip" in corrupt.json()["detail"]
+
+
+def test_slices_sharing_one_instance_uid_are_422_naming_it(client, tmp_path):
+    """Distinct slices (own positions and pixels) with one SOPInstanceUID: a DICOM-SEG's
+    frames would all reference one instance, so the upload is refused, naming the UID."""
+    paths = write_series(tmp_path / "series", "1.2.3.300", 3)
+    for path in paths[:2]:
+        ds = pydicom.dcmread(path)
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = "1.2.3.300.7"
+        ds.save_as(path, enforce_file_format=True)
+    for files in ({"file": ("s.zip", zip_bytes(paths))}, as_files(paths)):
+        response = client.post("/v1/jobs", files=files, data={"labels": ["lung"]})
+        assert response.status_code == 422, response.text
+        detail = response.json()["detail"]
+        assert "share SOPInstanceUID 1.2.3.300.7" in detail and str(tmp_path) not in detail
+
+
+def test_dicom_without_pixel_data_is_422_at_upload(client, tmp_path):
+    """A header without its PixelData is refused with the other header checks (before: the
+    job was admitted and failed when it ran)."""
+    paths = write_series(tmp_path / "series", "1.2.3.400", 2)
+    ds = pydicom.dcmread(paths[0])
+    del ds.PixelData
+    ds.save_as(paths[0], enforce_file_format=True)
+    for files in ([("file", ("one.dcm", paths[0].read_bytes()))], as_files(paths)):
+        response = client.post("/v1/jobs", files=files, data={"labels": ["lung"]})
+        assert response.status_code == 422, response.text
+        assert "holds no pixel data" in response.json()["detail"]
+
+
+def test_an_empty_zip_says_it_holds_no_files(client):
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w"):
+        pass  # an archive of no members: its end record only
+    response = client.post("/v1/jobs", files={"file": ("empty.zip", buffer.getvalue())})
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"] == "the zip holds no files"
 
 
 def test_series_limits_are_413(make_server, tmp_path, upload_root):

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ssam.errors import ConfigError
+from ssam.errors import ONNX_PACKAGES, ConfigError, require_packages
 
 if TYPE_CHECKING:
     from ssam.config.data import IntensityConfig
@@ -244,6 +244,8 @@ def load_option_predictor(
     ``serve``. An ONNX backend exports on first use (cached beside the model file)."""
     from ssam.inference.backends import use_backend
 
+    if backend != "torch":  # before the model loads: a missing package fails at once
+        require_packages(f"--backend {backend}", ONNX_PACKAGES)
     predictor = load_predictor(
         adapter,
         merged,

@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 
 from ssam.cli.common import parse_labels
-from ssam.errors import ConfigError
+from ssam.errors import ONNX_PACKAGES, ConfigError, require_packages
 
 if TYPE_CHECKING:
     import numpy as np
@@ -66,6 +66,7 @@ def export_entry(
     output = require_output_dir(output_dir, old_output)
     if not onnx:
         raise ConfigError("choose an export format: --onnx")
+    require_packages("ssam export --onnx", ONNX_PACKAGES)
     from ssam.inference.export import check_onnx, export_onnx
 
     predictor = load_predictor(adapter, merged, sam_checkpoint, clip_checkpoint, "cpu", not offline)

@@ -92,7 +92,7 @@ def predict_entry(
         "or cuda for each process's own GPU",
     ),
     offline: bool = typer.Option(False, help="never download weights"),
-    progress: bool = typer.Option(True, help="show progress bars"),
+    progress: bool = typer.Option(True, help="show progress bars (on a terminal only)"),
     threads: str = typer.Option("auto", help="torch CPU threads: a number, or auto"),
     backend: Backend = typer.Option(
         "torch", help="where the model runs (onnx: onnxruntime, exported once and cached)"

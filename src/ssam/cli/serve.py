@@ -10,7 +10,7 @@ from rich.console import Console
 
 from ssam.cli.choices import Backend, IntensityOption
 from ssam.cli.common import intensity_option
-from ssam.errors import ConfigError
+from ssam.errors import SERVE_PACKAGES, ConfigError, require_packages
 from ssam.web.settings import MIB, ServerSettings
 
 
@@ -104,6 +104,7 @@ def serve_entry(
     ),
 ) -> None:
     """Serve the web page and HTTP API: segment uploads by label name in a browser."""
+    require_packages("ssam serve", SERVE_PACKAGES)
     from ssam.cli.common import check_files, load_option_predictor, use_threads
     from ssam.web.app import create_app
     from ssam.web.server import build_server

@@ -119,9 +119,11 @@ class SplitConfig(_Strict):
     ``splits_final.json``, fold ``fold``), else a seeded fraction.
     ``source='fraction'``: a seeded random ``val_fraction`` of the groups.
     ``source='dataset'``: fold ``fold`` of ``splits_final.json`` (an error if absent).
-    ``group_pattern``: ``auto`` (default) groups 2D cases named PATIENT_SLICE or SEQ_FRAME
-    (an id with a digit, ``_`` or ``-``, a number); ``none``: each case alone; otherwise a regex
-    on the case id whose first group, or whole match, names the group.
+    ``group_pattern``: ``auto`` (default) groups 2D cases by the patient, case or sequence id
+    in their names (``patient0001``, ``case_00012``, ``sub-01``, ``P12`` anywhere; PATIENT_SLICE
+    or SEQ_FRAME; an id several names share); ``none``: each case alone; otherwise a regex
+    on the case id whose first group, or whole match, names the group. When each 2D case
+    stays alone, near-duplicate images across the split are warned about.
     The nnU-Net ``imagesTs`` cases are the test set in every mode.
     """
 

@@ -79,7 +79,7 @@ class TrainConfig(BaseModel):
     loss: LossConfig = LossConfig()
     optim: OptimConfig = OptimConfig()
     tensorboard: bool = True
-    progress: bool = True
+    progress: bool = True  # bars on a terminal; a log file or pipe gets a line per epoch
 
     @model_validator(mode="after")
     def _checkpointing_offered(self) -> TrainConfig:

@@ -20,6 +20,8 @@ from ssam.errors import DataError
 
 DICOM_SUFFIXES = (".dcm", ".dicom")
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+_PIXEL_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+_DEFERRED_BYTES = 4096  # header reads leave values this long on disk (the pixel data)
 
 
 def _orientation(ds: Dataset) -> tuple[np.ndarray, np.ndarray]:
@@ -62,6 +64,20 @@ def _check_single_frame(ds: Dataset, path: Path) -> None:
         raise DataError(f"{path}: multi-frame DICOM ({frames} frames) is not supported")
     if "Rows" not in ds or "Columns" not in ds:
         raise DataError(f"{path}: DICOM file holds no image (no Rows/Columns)")
+
+
+def _read_header(path: Path, what: str) -> Dataset:
+    """A DICOM file's header, checked: single frame, with an image and its pixel data.
+
+    The pixel data is found but not loaded (``defer_size``: large values stay on disk), so
+    a file without it fails here, with the other header checks, not when it is decoded.
+    """
+    with reading(path, what):
+        ds = pydicom.dcmread(path, defer_size=_DEFERRED_BYTES)
+    _check_single_frame(ds, path)
+    if not any(tag in ds for tag in _PIXEL_TAGS):
+        raise DataError(f"{path}: DICOM file holds no pixel data (no PixelData element)")
+    return ds
 
 
 def _modality_values(ds: Dataset, path: Path) -> np.ndarray:
@@ -124,10 +140,8 @@ def _stored_dtype(ds: Dataset) -> str:
 
 
 def read_dicom_file_header(path: Path) -> ImageProperties:
-    """Geometry of a single DICOM file without decoding its pixels."""
-    with reading(path, "DICOM header"):
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
-    _check_single_frame(ds, path)
+    """Geometry of a single DICOM file without decoding its pixels (which must be there)."""
+    ds = _read_header(path, "DICOM header")
     return _file_properties(ds, path, int(ds.get("SamplesPerPixel", 1) or 1))
 
 
@@ -136,7 +150,7 @@ def read_dicom_source_headers(path: Path) -> list[Dataset]:
     the order of its K axis: the single file's, or a series' slices sorted as
     `read_dicom_series` sorts them (what a DICOM-SEG references, frame by frame)."""
     if path.is_dir():
-        items, _ = _sort_series(_load_series(path, pixels=False), path)
+        items, _ = _sort_series(_load_series(path, "sources"), path)
         return [ds for _, ds in items]
     with reading(path, "DICOM header"):
         ds = pydicom.dcmread(path, stop_before_pixels=True)
@@ -152,17 +166,39 @@ def _series_files(folder: Path) -> list[Path]:
     return files
 
 
-def _load_series(folder: Path, pixels: bool) -> list[tuple[Path, Dataset]]:
+def _load_series(folder: Path, read: str) -> list[tuple[Path, Dataset]]:
+    """Every file of a series folder, read as ``read`` says: "pixels" (whole files),
+    "header" (checked as ``_read_header``: pixel data present, not loaded) or "sources"
+    (no pixel data at all: the headers a DICOM-SEG references)."""
     items = []
     for path in _series_files(folder):
-        with reading(path, "DICOM file of a series"):
-            ds = pydicom.dcmread(path, stop_before_pixels=not pixels)
-        _check_single_frame(ds, path)
+        if read == "header":
+            ds = _read_header(path, "DICOM file of a series")
+        else:
+            with reading(path, "DICOM file of a series"):
+                ds = pydicom.dcmread(path, stop_before_pixels=read == "sources")
+            _check_single_frame(ds, path)
         items.append((path, ds))
     uids = {str(ds.get("SeriesInstanceUID", "")) for _, ds in items}
     if len(uids) > 1:
         raise DataError(f"{folder}: holds {len(uids)} DICOM series ({sorted(uids)}); keep one")
+    check_unique_instances([ds for _, ds in items], [path.name for path, _ in items], folder)
     return items
+
+
+def check_unique_instances(headers: list[Dataset], names: list[str], where: Path) -> None:
+    """DataError naming the UID when two slices share a SOPInstanceUID: each slice of a
+    series is its own instance, and a DICOM-SEG frame referencing one could not be placed.
+    Slices without the UID are left to the checks that need it."""
+    seen: dict[str, str] = {}
+    for ds, name in zip(headers, names, strict=True):
+        uid = str(ds.get("SOPInstanceUID", "") or "")
+        if uid and uid in seen:
+            raise DataError(
+                f"{where}: slices {seen[uid]} and {name} share SOPInstanceUID {uid}; "
+                "every slice of a series needs its own"
+            )
+        seen.setdefault(uid, name)
 
 
 def _sort_series(
@@ -221,7 +257,7 @@ def read_dicom_series(folder: Path) -> tuple[np.ndarray, ImageProperties]:
     rescale is applied. Mixed series, differing orientation/size, duplicate positions and
     gaps (non-uniform spacing) are DataErrors naming the folder or file.
     """
-    items, step = _sort_series(_load_series(folder, pixels=True), folder)
+    items, step = _sort_series(_load_series(folder, "pixels"), folder)
     slices = [_modality_values(ds, path) for path, ds in items]
     if any(s.ndim != 2 for s in slices):
         raise DataError(f"{folder}: colour DICOM series are not supported")
@@ -234,5 +270,5 @@ def read_dicom_series(folder: Path) -> tuple[np.ndarray, ImageProperties]:
 
 def read_dicom_series_header(folder: Path) -> ImageProperties:
     """Geometry of a DICOM series folder, reading headers only."""
-    items, step = _sort_series(_load_series(folder, pixels=False), folder)
+    items, step = _sort_series(_load_series(folder, "header"), folder)
     return _series_properties(items, step, folder, _stored_dtype(items[0][1]))

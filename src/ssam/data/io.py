@@ -27,8 +27,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ssam.atomic import atomic_path
 from ssam.data._dicom import (
     DICOM_SUFFIXES,
+    check_unique_instances,
     read_dicom_file,
     read_dicom_file_header,
     read_dicom_series,
@@ -56,6 +58,7 @@ __all__ = [
     "SUPPORTED_SUFFIXES",
     "ImageProperties",
     "binarize_mask",
+    "check_unique_instances",
     "file_suffix",
     "label_map_suffix",
     "read_header",
@@ -206,7 +209,8 @@ def write_label_map(
     path: Path | str,
     label_names: Sequence[str] = (),
 ) -> Path:
-    """Write a label map with the geometry of the image it was predicted from.
+    """Write a label map with the geometry of the image it was predicted from, atomically
+    (a temporary file renamed onto ``path`` once complete).
 
     Args:
         labels: (I, J, K) integer (or bool) label map of shape ``properties.shape``; for
@@ -232,13 +236,17 @@ def write_label_map(
     labels = to_label_map(labels, path)
     suffix = file_suffix(path)
     if suffix in NIFTI_SUFFIXES:
-        write_nifti(labels, properties, path, label_names)
+        with atomic_path(path, suffix) as tmp:
+            write_nifti(labels, properties, tmp, label_names)
         return path
     if not properties.is_2d:
         raise DataError(f"{path}: a volume of shape {properties.shape} needs .nii or .nii.gz")
     if labels.dtype == np.int32:
         raise DataError(f"{path}: label values above 65535 do not fit a PNG or TIFF")
-    write_raster(labels[..., 0], path)
+    if suffix not in (".png", *TIFF_SUFFIXES):
+        raise DataError(f"{path}: label maps are written as .png, .tif(f), .nii or .nii.gz")
+    with atomic_path(path, suffix) as tmp:
+        write_raster(labels[..., 0], tmp)
     return path
 
 
@@ -254,5 +262,6 @@ def write_volume(values: np.ndarray, properties: ImageProperties, path: Path | s
         )
     if file_suffix(path) not in NIFTI_SUFFIXES:
         raise DataError(f"{path}: an intensity volume is written as .nii or .nii.gz")
-    write_nifti_intensities(values, properties, path)
+    with atomic_path(path, file_suffix(path)) as tmp:
+        write_nifti_intensities(values, properties, tmp)
     return path

@@ -236,7 +236,8 @@ def evaluate(
     several = sum(1 for v in cases.values() if v) > 1
     worst: list[CaseView] = []  # only the worst few are kept: memory stays flat
     total = sum(len(v) for v in cases.values())
-    bar = tqdm(total=total, desc="evaluating", unit="case", disable=not progress, leave=False)
+    shown = None if progress else True  # None: on a terminal only (a log file gets no bars)
+    bar = tqdm(total=total, desc="evaluating", unit="case", disable=shown, leave=False)
     for name, dataset_cases in cases.items():
         predictor.intensity = by_name[name].intensity
         for case in dataset_cases:

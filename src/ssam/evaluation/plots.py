@@ -20,17 +20,19 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 
+from ssam.atomic import atomic_path  # noqa: E402
 from ssam.data.properties import take_slice  # noqa: E402
 from ssam.evaluation.report import MetricsRow  # noqa: E402
 from ssam.inference.overlay import PALETTE, blend_overlay, select_slices, to_rgb  # noqa: E402
 
 
 def save_figure(fig, path: Path) -> Path:
-    """Grid every axis, lay the figure out, write it to ``path`` and free it."""
+    """Grid every axis, lay the figure out, write it to ``path`` (atomically) and free it."""
     for ax in fig.axes:
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path)
+    with atomic_path(path, Path(path).suffix) as tmp:
+        fig.savefig(tmp)
     plt.close(fig)
     return path
 
@@ -183,7 +185,8 @@ def render_worst_cases(views: Sequence[CaseView], path: Path) -> Path:
         colour = tuple(int(c) for c in PALETTE[k % len(PALETTE)])
         draw.rectangle((x + 4, y + 3, x + 20, y + 19), fill=colour)
         draw.text((x + 28, y + 1), name, fill=_TEXT, font=font)
-    sheet.save(path)
+    with atomic_path(path, ".png") as tmp:
+        sheet.save(tmp, format="PNG")
     return path
 
 

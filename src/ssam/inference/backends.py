@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from ssam.atomic import current_umask
-from ssam.errors import ConfigError
+from ssam.errors import ONNX_PACKAGES, ConfigError, require_packages
 from ssam.weights import file_sha256, get_cache_dir
 
 if TYPE_CHECKING:
@@ -211,12 +211,7 @@ def use_backend(predictor: SSAMPredictor, backend: str, source: Path | str | Non
         )
     if predictor.model.device.type != "cpu":
         raise ConfigError(f"--backend {backend} runs on the CPU: use --device cpu")
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        raise ConfigError(
-            f"--backend {backend} needs onnxruntime: pip install 'ssam[export]'"
-        ) from None
+    require_packages(f"--backend {backend}", ONNX_PACKAGES)
     source = Path(source)
     int8 = backend == "onnx-int8"
     weights = describe_weights(predictor, source)

@@ -22,7 +22,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from ssam.atomic import atomic_path
-from ssam.data.io import read_dicom_source_headers
+from ssam.data.io import check_unique_instances, read_dicom_source_headers
 from ssam.errors import DataError
 
 # Type 2 attributes highdicom copies from the source: the standard allows them empty, and
@@ -43,7 +43,10 @@ _TYPE1_NEEDED = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOP
 
 def prepare_sources(sources: Sequence[Dataset], path: Path) -> list[Dataset]:
     """Copies of the source headers with missing Type 2 attributes set empty; DataError
-    naming ``path`` when a Type 1 UID a SEG must copy is missing."""
+    naming ``path`` when a Type 1 UID a SEG must copy is missing, or when two sources share
+    a SOPInstanceUID (their frames would reference one instance: no viewer could place them).
+    """
+    check_unique_instances(list(sources), [f"{k}" for k in range(len(sources))], path)
     prepared = []
     for ds in sources:
         missing = [name for name in _TYPE1_NEEDED if not ds.get(name)]

@@ -24,8 +24,12 @@ the output folder:
 * ``ID.seg.dcm``, with ``dicom_seg`` and DICOM inputs only: the label map as a DICOM-SEG
   referencing the source instances (`ssam.inference.dicom_seg`); other inputs get a warning.
 
-A case whose outputs all exist is skipped unless ``overwrite``. A case that fails (unreadable
-or unsupported input, bad geometry) is recorded with its reason and the others go on.
+Every file is written atomically (a hidden temporary renamed once complete), and ``ID.json``
+is removed before a case is (re)done and written after all its other files: a case whose
+outputs all exist is complete, and is skipped unless ``overwrite``. A kill leaves complete
+files or none, and the case to be redone; its hidden temporaries go when it is. A case that
+fails (unreadable or unsupported input, bad geometry) is recorded with its reason and the
+others go on.
 """
 
 from __future__ import annotations
@@ -40,10 +44,9 @@ from typing import Literal
 
 import nibabel as nib
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
-from ssam.atomic import write_bytes_atomic
+from ssam.atomic import atomic_path, is_temporary_of, write_bytes_atomic
 from ssam.data.io import (
     DICOM_SUFFIXES,
     NIFTI_SUFFIXES,
@@ -173,7 +176,8 @@ def write_probability_volume(
     if not isinstance(source, nib.Nifti1Header):
         image.set_qform(properties.affine, code=1)
         image.set_sform(properties.affine, code=1)
-    nib.save(image, path)
+    with atomic_path(path, file_suffix(path)) as tmp:
+        nib.save(image, tmp)
 
 
 def render_case_overlay(
@@ -237,8 +241,14 @@ def write_case_outputs(
     result: Segmentation,
     options: PredictOptions,
 ) -> list[Path]:
-    """Write the planned outputs of a predicted case; the JSON goes last."""
+    """Write the planned outputs of a predicted case, each atomically; the JSON goes last.
+
+    The case JSON is what marks a case done (``predict_cases`` skips a case whose planned
+    files all exist), so a previous run's JSON is removed before anything else is written:
+    a run killed half-way through the case (``--overwrite`` too) leaves it to be redone.
+    """
     paths = planned_outputs(case, result.labels, options)
+    paths[-1].unlink(missing_ok=True)
     write_label_map(result.label_map, result.properties, paths[0], result.labels)
     index = 1
     if options.save_probabilities:
@@ -248,7 +258,7 @@ def write_case_outputs(
                 shape = result.properties.shape
                 write_probability_volume(probs.reshape(shape), result.properties, target)
             else:
-                Image.fromarray(np.rint(probs * 255).astype(np.uint8)).save(target)
+                save_png(np.rint(probs * 255).astype(np.uint8), target)
             index += 1
     mask_files: list[Path] = []
     if options.save_masks:
@@ -270,6 +280,15 @@ def write_case_outputs(
         report["dicom_seg"] = paths[index + 1].name
     write_bytes_atomic(paths[-1], json.dumps(report, indent=2).encode())
     return paths
+
+
+def remove_leftovers(planned: Sequence[Path], found: Sequence[Path]) -> None:
+    """Delete the temporary files of ``planned`` outputs among ``found`` (the output folder's
+    hidden files as the run began): what atomic writes of a killed run left behind. Only a
+    case's own, so processes sharing the folder never touch each other's."""
+    for path in found:
+        if any(is_temporary_of(path.name, target) for target in planned):
+            path.unlink(missing_ok=True)
 
 
 def predict_case(
@@ -305,7 +324,8 @@ def _run_case(
 
     def start(n_slices: int) -> None:
         if show and n_slices > 1:
-            bars.append(tqdm(total=n_slices, desc=case.case_id, unit="slice", leave=False))
+            bar = tqdm(total=n_slices, desc=case.case_id, unit="slice", leave=False, disable=None)
+            bars.append(bar)  # disable=None: shown on a terminal only, never in a log file
 
     def advance(done: int) -> None:
         for bar in bars:
@@ -342,8 +362,10 @@ def predict_cases(
     options = replace(options, labels=labels)
     predictor.label_tokens(labels)  # a label the model cannot encode fails here, once
     options.output_dir.mkdir(parents=True, exist_ok=True)
+    hidden = [p for p in options.output_dir.iterdir() if p.name.startswith(".")]
     outcomes = []
-    for case in tqdm(cases, desc="cases", unit="case", disable=not show_progress):
+    shown = None if show_progress else True  # None: on a terminal only (never in a log file)
+    for case in tqdm(cases, desc="cases", unit="case", disable=shown):
         planned = planned_outputs(case, labels, options)
         if not options.overwrite and all(p.is_file() for p in planned):
             outcomes.append(
@@ -352,5 +374,6 @@ def predict_cases(
                 )
             )
             continue
+        remove_leftovers(planned, hidden)
         outcomes.append(_run_case(predictor, case, options, show_progress))
     return outcomes

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from ssam.atomic import atomic_path
 from ssam.data.io import take_slice
 
 # Distinct colours (Tableau 10 order); label k gets PALETTE[(k - 1) % 10].
@@ -153,7 +154,8 @@ def render_volume_overlay(
 
 
 def save_png(image: np.ndarray, path: Path | str) -> Path:
-    """Write an (H, W, 3) uint8 picture as PNG."""
+    """Write an (H, W, 3) or (H, W) uint8 picture as PNG, atomically (never half a file)."""
     path = Path(path)
-    Image.fromarray(np.ascontiguousarray(image)).save(path)
+    with atomic_path(path, ".png") as tmp:
+        Image.fromarray(np.ascontiguousarray(image)).save(tmp, format="PNG")
     return path

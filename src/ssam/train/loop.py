@@ -343,7 +343,7 @@ class _Run:
         bar = tqdm(
             todo,
             desc=f"epoch {epoch + 1}/{self.config.epochs}",
-            disable=not (self.config.progress and self.main),
+            disable=None if self.config.progress and self.main else True,  # None: terminals only
             leave=False,
         )
         for group in bar:
@@ -468,7 +468,8 @@ def _train(config: TrainConfig, resume: bool) -> TrainResult:
         if not run.resumed:
             run.validate_baseline()
         epochs = range(run.progress.epoch, config.epochs)
-        for epoch in tqdm(epochs, desc="training", disable=not (config.progress and run.main)):
+        shown = None if config.progress and run.main else True  # None: on a terminal only
+        for epoch in tqdm(epochs, desc="training", disable=shown):
             if run.steps_left() is not None and run.steps_left() <= 0:
                 break
             mean_loss = run.run_epoch(epoch)

@@ -44,7 +44,8 @@ def score_samples(
     scores, positive = [], []
     subset = Subset(dataset, range(index, len(dataset), count))
     loader = DataLoader(subset, batch_size=batch_size, shuffle=False)
-    for batch in tqdm(loader, desc="validation", unit="batch", disable=not progress, leave=False):
+    shown = None if progress else True  # None: on a terminal only (a log file gets no bars)
+    for batch in tqdm(loader, desc="validation", unit="batch", disable=shown, leave=False):
         with autocast():
             logits = model(batch["image"].to(device), list(batch["label"]))
         scores += compute_batch_dice(logits.float(), batch["mask"].to(device)).tolist()

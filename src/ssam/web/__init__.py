@@ -3,7 +3,8 @@
 Modules: ``settings`` (limits), ``uploads`` (sniffing, temporary files, decoding), ``cache``
 (embedding LRU), ``engine`` (cached inference), ``jobs`` (bounded queue), ``encoding`` and
 ``reports`` (response bodies), ``api`` and ``job_routes`` (routes), ``middleware``, ``app``
-(``create_app``), ``server`` (uvicorn). Needs the ``serve`` extra (FastAPI, uvicorn).
+(``create_app``), ``server`` (uvicorn). FastAPI and uvicorn are core dependencies; they are
+imported only when the app is built, so the other commands start without them.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ __all__ = ["create_app"]
 
 
 def __getattr__(name: str):
-    # FastAPI is an optional dependency: import it only when the app is asked for.
+    # FastAPI is imported only when the app is asked for (the other commands never need it).
     if name == "create_app":
         from ssam.web.app import create_app
 

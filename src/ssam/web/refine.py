@@ -10,6 +10,10 @@ The history keeps prompts, not pixels: per (slice, label) the prompt now in forc
 label a stack of edits (slice, prompt before, prompt after). Undo pops the label's last edit
 and decodes the slice again with the prompt before it (none: the plain label prediction).
 Decoding is deterministic, so undo restores the slice exactly while its embedding stays cached.
+
+Concurrent calls on one job take turns on the history's lock, and everything an answer holds
+(the slice's mask and label map, the label's size, the undo depth) is copied before the lock
+is released: another call may change the slice the moment it is.
 """
 
 from __future__ import annotations
@@ -77,7 +81,9 @@ class SliceUpdate:
 
     ``mask``/``label_map`` (H, W) are the slice's new label mask and label map, in the
     slice's own pixel order (as the points), not rotated for display; ``prompt`` is the
-    one now in force (None: the plain label prediction).
+    one now in force (None: the plain label prediction). ``size`` is the whole label's size
+    and ``undo_depth`` its number of edits that undo can take back, both right after this
+    change (refine and undo return copies; ``decode_slice`` returns views of the result).
     """
 
     index: int
@@ -87,6 +93,8 @@ class SliceUpdate:
     prompt: RefinePrompt | None
     encoded: bool
     timings: dict[str, float]
+    size: dict | None = None
+    undo_depth: int = 0
 
 
 def _spatial(array: np.ndarray, result: WebSegmentation) -> np.ndarray:
@@ -149,8 +157,13 @@ def refine_slice(
     history: EditHistory,
     edit: tuple[int, int, RefinePrompt],
     depth: int,
+    sizes: dict | None = None,
 ) -> SliceUpdate:
-    """Apply ``edit`` = (slice index, label 0-based, prompt) and record it for undo."""
+    """Apply ``edit`` = (slice index, label 0-based, prompt) and record it for undo.
+
+    The answer (copies of the slice, the label's size, the undo depth) is taken, and
+    ``sizes`` (the job summary's label name -> size) updated, before another call can edit.
+    """
     index, label, prompt = edit
     with history.lock:
         before = history.current.get((index, label))
@@ -164,21 +177,44 @@ def refine_slice(
                 history.current[index, label] = before
             raise
         history.push(Edit(index, label, before, prompt), depth)
-    return _for_label(update, label, prompt)
+        return _for_label(update, result, history, prompt, label, sizes)
 
 
 def undo_refine(
-    engine: SegmentationEngine, result: WebSegmentation, history: EditHistory, label: int
+    engine: SegmentationEngine,
+    result: WebSegmentation,
+    history: EditHistory,
+    label: int,
+    sizes: dict | None = None,
 ) -> SliceUpdate:
-    """Take back the label's last refine: its slice is decoded with the prompt before it."""
+    """Take back the label's last refine: its slice is decoded with the prompt before it
+    (the answer taken, and ``sizes`` updated, as in ``refine_slice``)."""
     with history.lock:
         edit = history.pop(label)
         update = decode_slice(engine, result, history, edit.index)
-    return _for_label(update, label, edit.before)
+        return _for_label(update, result, history, edit.before, label, sizes)
 
 
-def _for_label(update: SliceUpdate, label: int, prompt: RefinePrompt | None) -> SliceUpdate:
-    mask = update.mask[label].copy()
+def _for_label(
+    update: SliceUpdate,
+    result: WebSegmentation,
+    history: EditHistory,
+    prompt: RefinePrompt | None,
+    label: int,
+    sizes: dict | None,
+) -> SliceUpdate:
+    """The answer to one call: copies, taken while the caller holds ``history.lock``."""
+    size = label_size(result, label)
+    if sizes is not None:
+        sizes[result.labels[label]] = size
     return SliceUpdate(
-        update.index, label, mask, update.label_map.copy(), prompt, update.encoded, update.timings
+        update.index,
+        label,
+        update.mask[label].copy(),
+        update.label_map.copy(),
+        prompt,
+        update.encoded,
+        update.timings,
+        size,
+        history.depth(label),
     )

@@ -21,7 +21,7 @@ from ssam.inference.refine import RefinePrompt
 from ssam.text import normalise_label
 from ssam.web.encoding import check_slice, encode_label_map_rle, encode_mask_rle, png_bytes
 from ssam.web.errors import RequestError, Unprocessable
-from ssam.web.refine import SliceUpdate, label_size, refine_slice, undo_refine
+from ssam.web.refine import SliceUpdate, refine_slice, undo_refine
 from ssam.web.services import JobOutput, Services, get_services
 
 router = APIRouter(prefix="/v1/refine", tags=["refine"])
@@ -106,12 +106,10 @@ def _encode_mask(mask: np.ndarray, fmt: str) -> dict:
     return {"encoding": "png", "media_type": "image/png", "data": data}
 
 
-def _answer(output: JobOutput, update: SliceUpdate, fmt: str, depth: int, start: float) -> dict:
-    """The body of refine and undo; the job summary's size of the label is updated too."""
-    result = output.result
-    name = result.labels[update.label]
-    size = label_size(result, update.label)
-    output.summary["sizes"][name] = size
+def _answer(output: JobOutput, update: SliceUpdate, fmt: str, start: float) -> dict:
+    """The body of refine and undo, from the update alone (taken under the job's edit lock:
+    the result may already hold a later call's edit)."""
+    name = output.result.labels[update.label]
     prompt = update.prompt
     points = [] if prompt is None else prompt.points.tolist()
     labels = [] if prompt is None else prompt.point_labels.tolist()
@@ -124,8 +122,8 @@ def _answer(output: JobOutput, update: SliceUpdate, fmt: str, depth: int, start:
         "box": None if prompt is None or prompt.box is None else list(prompt.box),
         "mask": _encode_mask(update.mask, fmt),
         "label_map": encode_label_map_rle(update.label_map),
-        "size": size,
-        "undo_depth": depth,
+        "size": update.size,
+        "undo_depth": update.undo_depth,
         "encoded": update.encoded,
         "timings_ms": {key: round(value * 1000.0, 2) for key, value in timings.items()},
     }
@@ -152,10 +150,10 @@ def refine(request: RefineRequest, services: Services = Depends(get_services)) -
     label = _label_index(output, request.label)
     prompt = _prompt(request, output, services.settings.max_refine_points)
     depth = services.settings.refine_undo_depth
-    update = refine_slice(
-        services.engine, output.result, output.edits, (request.slice, label, prompt), depth
-    )
-    return _answer(output, update, request.mask_format, output.edits.depth(label), start)
+    edit = (request.slice, label, prompt)
+    sizes = output.summary["sizes"]
+    update = refine_slice(services.engine, output.result, output.edits, edit, depth, sizes)
+    return _answer(output, update, request.mask_format, start)
 
 
 @router.post(
@@ -170,5 +168,6 @@ def undo(request: UndoRequest, services: Services = Depends(get_services)) -> di
     start = time.perf_counter()
     output = _job_output(services, request.job_id)
     label = _label_index(output, request.label)
-    update = undo_refine(services.engine, output.result, output.edits, label)
-    return _answer(output, update, request.mask_format, output.edits.depth(label), start)
+    sizes = output.summary["sizes"]
+    update = undo_refine(services.engine, output.result, output.edits, label, sizes)
+    return _answer(output, update, request.mask_format, start)

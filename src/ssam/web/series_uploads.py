@@ -36,13 +36,15 @@ from ssam.web.uploads import (
     sniff_format,
 )
 
-ZIP_MAGIC = b"PK\x03\x04"
+# A zip starts with its first member's local header, or, when it has no member, with its
+# end-of-central-directory record (an empty zip is then "holds no files", not "not a PNG").
+ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
 
 
 def is_zip(path: Path) -> bool:
-    """Whether a stored upload starts like a zip archive."""
+    """Whether a stored upload starts like a zip archive (an empty one included)."""
     with path.open("rb") as handle:
-        return handle.read(4) == ZIP_MAGIC
+        return handle.read(4) in ZIP_MAGICS
 
 
 def _too_many_slices(count: int, settings: ServerSettings) -> PayloadTooLarge:
