@@ -38,14 +38,15 @@ def real_files(shared_data, tmp_path_factory) -> list[Path]:
     return [*photos, crop_mri(shared_data, folder / "flair.nii.gz")]
 
 
-def list_differences(torch_seg, onnx_seg) -> list[tuple[tuple[int, ...], str]]:
-    """Label-map pixels that differ, each with why: a near-0.5 label or a near tie."""
+def list_differences(torch_seg, onnx_seg, tol: float = PROBABILITY_TOL):
+    """Label-map pixels that differ, each with why: a label within ``tol`` of 0.5 or two
+    labels' probabilities within ``2 * tol`` of each other (a near tie)."""
     found = []
     for index in zip(*np.nonzero(torch_seg.label_map != onnx_seg.label_map), strict=True):
         probs = torch_seg.probabilities[(slice(None), *index)]
         top = np.sort(probs)[-2:] if len(probs) > 1 else probs
-        near_half = bool(np.any(np.abs(probs - 0.5) <= PROBABILITY_TOL))
-        near_tie = len(top) == 2 and top[1] - top[0] <= 2 * PROBABILITY_TOL
+        near_half = bool(np.any(np.abs(probs - 0.5) <= tol))
+        near_tie = len(top) == 2 and top[1] - top[0] <= 2 * tol
         found.append((tuple(int(i) for i in index), "explained" if near_half or near_tie else ""))
     return found
 
@@ -87,7 +88,9 @@ def test_merged_checkpoint_backend(adapter, tiny_checkpoint, real_files, tmp_pat
 
 def test_int8_stays_close_to_torch(adapter, tiny_checkpoint, real_files):
     """The tiny model's layers (32 wide) are the worst case for per-tensor int8 weights; measured:
-    probabilities within 9e-4, 0.1-0.3% of label-map pixels differ (near-ties of two labels)."""
+    probabilities within 9e-4 on one CPU and 5.1e-3 on an AMD EPYC (onnxruntime's int8 kernels
+    differ by CPU). Its labels' probabilities sit near each other (0.52-0.53), so 0.1-1.6 % of
+    label-map pixels differ: every one a near tie of two labels within that bound."""
     reference = SSAMPredictor.from_adapter(adapter, tiny_checkpoint)
     int8 = SSAMPredictor.from_adapter(adapter, tiny_checkpoint)
     use_backend(int8, "onnx-int8", adapter)
@@ -95,8 +98,9 @@ def test_int8_stays_close_to_torch(adapter, tiny_checkpoint, real_files):
     for path in real_files:
         first = reference.segment_file(path, list(LABELS))
         second = int8.segment_file(path, list(LABELS))
-        assert np.abs(first.probabilities - second.probabilities).max() < 5e-3, path
-        assert (first.label_map != second.label_map).mean() < 0.01, path
+        assert np.abs(first.probabilities - second.probabilities).max() < 1e-2, path
+        differing = list_differences(first, second, 1e-2)
+        assert all(why == "explained" for _, why in differing), path
 
 
 def test_export_is_cached_and_keyed(adapter, tiny_checkpoint, tmp_path, monkeypatch):

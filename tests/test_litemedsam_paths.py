@@ -15,7 +15,7 @@ from PIL import Image
 
 from predict_helpers import LABELS
 from ssam.inference.backends import use_backend
-from ssam.inference.export import check_onnx, export_onnx
+from ssam.inference.export import check_onnx, export_onnx, run_onnx
 from ssam.inference.merge import merge_adapter
 from ssam.inference.predictor import SSAMPredictor
 from ssam.inference.refine import RefinePrompt, refine_probabilities
@@ -58,6 +58,12 @@ def test_onnx_export_of_litemedsam_matches_torch(lite_adapter, photos, tmp_path)
     image = np.asarray(Image.open(photos[0]).convert("RGB"), np.float32).transpose(2, 0, 1)
     diffs = check_onnx(files, predictor.model, image)
     assert diffs["logits"] < 1e-3 and diffs["embeddings"] < 1e-3, diffs
+    # the batch axis stays dynamic through TinyViT's window partition and output grid
+    batch = torch.rand(3, 3, 64, 64)
+    embeddings, _ = run_onnx(files, batch.numpy())
+    with torch.no_grad():
+        expected = predictor.model.encode_images(batch).numpy()
+    assert embeddings.shape == (3, 256, 16, 16) and np.abs(embeddings - expected).max() < 1e-3
 
 
 @pytest.mark.parametrize(

@@ -20,7 +20,7 @@ from ssam.inference.merge import (
 )
 from ssam.sam.build import build_random_sam
 from ssam.sam.checkpoint import save_state_dict
-from ssam.sam.variants import SAM_VARIANTS, SamSpec
+from ssam.sam.variants import SAM_VARIANTS, SamSpec, ViTEncoderSpec
 from ssam.tuning.adapter import save_adapter
 from ssam.tuning.svd import iter_svd_layers
 
@@ -84,7 +84,7 @@ def test_files_hold_official_layout_and_config(adapter, tiny_checkpoint, tmp_pat
 def test_segment_anything_builder_loads_merged_1024(tmp_path, monkeypatch):
     # Small encoder, official prompt encoder and decoder: what _build_sam (the function behind
     # sam_model_registry) builds for encoder width 32, depth 2, heads 2, global block 1.
-    spec = SamSpec("official_small", 32, 2, 2, (1,))
+    spec = SamSpec("official_small", "vit", ViTEncoderSpec(32, 2, 2, (1,)))
     monkeypatch.setitem(SAM_VARIANTS, spec.name, spec)
     base = save_state_dict(build_random_sam(spec, seed=1).state_dict(), tmp_path / "base.pth")
     model = create_model(tiny_model_config(base, image_size=1024, variant=spec.name))

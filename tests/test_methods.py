@@ -45,7 +45,9 @@ def base_config(request, tiny_config) -> ModelConfig:
     """Each encoder family: SAM ViT (tiny) and LiteMedSAM's TinyViT (real weights, 64 px)."""
     if request.param == "tiny":
         return tiny_config
-    return ModelConfig(image_size=64, random_text_tower=True, svd_cache=False)
+    # The SVD cache (per test) gives a fresh model the very factors of the first: LAPACK's SVD
+    # of TinyViT's weights is not bit-reproducible between calls (U differs by ~1e-6).
+    return ModelConfig(image_size=64, random_text_tower=True)
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))

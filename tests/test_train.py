@@ -317,3 +317,56 @@ def test_a_run_starts_with_the_untrained_model_and_records_its_split(
     data = build_training_data(config)
     expected = validate(untrained, data.val_set, 4, torch.device("cpu"), contextlib.nullcontext)
     assert baseline["val_dice"] == pytest.approx(expected["dice"], abs=1e-6)
+
+
+def test_passes_of_fewer_images_give_the_gradients_of_one(tmp_path, tiny_checkpoint, shared_data):
+    """A batch of 4 run in passes of 1, 2 or 3 images ends two steps with the same trainable
+    tensors (the text-affine BatchNorm's running statistics included) as one pass of 4: the
+    chunk losses are weighted by their share, the label tokens and their batch statistics
+    come from the whole batch (three CT labels: the statistics are the batch's, not the
+    running ones)."""
+    src = shared_data / "curvas-ct"
+    cases = sorted({p.name.rsplit("_", 1)[0] for p in (src / "imagesTr").iterdir()})[:4]
+    dataset = [{"path": str(link_nnunet_subset(src, tmp_path / "ct", cases)), "layout": "nnunet"}]
+    steps = {}
+    for micro in (4, 3, 2, 1):
+        config = _config(
+            tmp_path / f"m{micro}", tiny_checkpoint, dataset, "max_steps=2",
+            f"micro_batch_size={micro}", "val_at_start=false",
+        )  # fmt: skip
+        steps[micro] = load_file(train(config).last_adapter)
+    for micro in (3, 2, 1):
+        assert steps[micro].keys() == steps[4].keys()
+        for key, value in steps[4].items():
+            torch.testing.assert_close(steps[micro][key], value, rtol=1e-4, atol=1e-6, msg=key)
+
+
+def test_auto_passes_fit_the_memory_budget():
+    from ssam.train.batches import chunk_rows, plan_micro_batch
+
+    assert [(s.start, s.stop) for s in chunk_rows(7, 3)] == [(0, 3), (3, 6), (6, 7)]
+    gib = 2**30
+    # LiteMedSAM training at 256 takes ~2.4 GiB an image: 2 fit a 6 GiB budget, and one
+    # always runs even when the budget is smaller.
+    assert plan_micro_batch(32, 256, 41_000, 6 * gib) == 2
+    assert plan_micro_batch(32, 256, 41_000, 1 * gib) == 1
+    assert plan_micro_batch(8, 64, 41_000, 6 * gib) == 8
+
+
+def test_default_training_on_litemedsam_plans_passes(tmp_path, kvasir_small):
+    """`ssam train --data ... --label polyp` and nothing else: LiteMedSAM, 256, batch 32, in
+    passes that fit the machine (here: stopped after one step of 2 images to stay quick)."""
+    from ssam.train.loop import choose_micro_batch
+
+    config = load_train_config(
+        None, [], datasets=[{"path": str(kvasir_small), "layout": "folder", "label": "polyp"}]
+    )
+    assert (config.model.variant, config.model.image_size, config.batch_size) == (
+        "litemedsam",
+        256,
+        32,
+    )
+    chosen, line = choose_micro_batch(config, torch.device("cpu"))
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    assert chosen * 41_000 * 256**2 <= max(memory / 4, 41_000 * 256**2)
+    assert line.startswith(f"batch 32 in passes of {chosen} images") and "auto:" in line

@@ -111,7 +111,9 @@ def build_text_tower(config: ModelConfig) -> TextTower:
     """The frozen text encoder ``config`` names (see ``ModelConfig.random_text_tower``)."""
     spec = get_text_spec(config.text_encoder)
     if config.clip_checkpoint is None and (spec.weights is None or config.random_text_tower):
-        why = "toy width, no weights exist" if spec.weights is None else "as the adapter was"
+        why = "toy width, no weights exist"
+        if spec.weights is not None:
+            why = "random_text_tower set: the adapter was trained with them, or asked for"
         return _random_text_tower(spec.name, why)
     try:
         path = resolve_weights(
@@ -134,10 +136,10 @@ def build_text_tower(config: ModelConfig) -> TextTower:
     return TextTower(build_text_encoder(spec.name, path), sha, f"{spec.name} from {path}")
 
 
-def describe_weights(spec: SamSpec, path: Path, sha256: str) -> str:
-    """Where a base checkpoint came from, in a phrase."""
+def describe_weights(spec: SamSpec, path: Path, sha256: str, given: bool) -> str:
+    """Where a base checkpoint came from, in a phrase; ``given``: the user named the file."""
     origin = f"{path}"
-    if isinstance(spec.weights, PackagedWeights) and path.name == spec.weights.filename:
+    if not given and isinstance(spec.weights, PackagedWeights):
         origin = f"{spec.weights.requirement} ({path})"
     return f"{spec.label} from {origin}, SHA-256 {sha256[:12]}"
 
@@ -153,8 +155,9 @@ def create_model(
     ``weights_source`` (one line: which base and text encoder, from where).
     """
     spec = get_sam_spec(config.variant)
+    given = sam_checkpoint or config.sam_checkpoint
     path = resolve_weights(
-        sam_checkpoint or config.sam_checkpoint,
+        given,
         spec.weights,
         f"{spec.label} checkpoint",
         config.allow_download,
@@ -170,7 +173,8 @@ def create_model(
     configure_trainable(model, config.method)
     model.base_info = _base_info(config, sha256, text.sha256)
     model.weights_source = (
-        f"base: {describe_weights(spec, path, sha256)}; text encoder: {text.source}"
+        f"base: {describe_weights(spec, path, sha256, given is not None)}; "
+        f"text encoder: {text.source}"
     )
     return model.to(device)
 

@@ -37,7 +37,8 @@ class WeightsFile:
 @dataclass(frozen=True)
 class PackagedWeights:
     """A weights file shipped inside an installed Python package (a pinned dependency):
-    found through ``importlib.resources``, its size and SHA-256 checked before use."""
+    found among the installed distribution's files, its size and SHA-256 checked before use
+    (``locate_packaged``)."""
 
     distribution: str  # what ``pip install`` takes
     version: str

@@ -11,8 +11,10 @@ from ssam.cli.choices import Variant
 
 
 def info_entry(
-    model: Variant = typer.Option("vit_b", "--model", help="SAM variant"),
-    sam_checkpoint: Path | None = typer.Option(None, help="SAM checkpoint (official layout)"),
+    model: Variant = typer.Option("litemedsam", "--model", help="base model"),
+    sam_checkpoint: Path | None = typer.Option(
+        None, help="base checkpoint (default: the variant's own; LiteMedSAM's is installed)"
+    ),
     image_size: int = typer.Option(256, help="input size S"),
     text_encoder: str = typer.Option("clip_vit_b32", help="text encoder"),
     clip_checkpoint: Path | None = typer.Option(None, help="CLIP weights file"),
@@ -38,6 +40,7 @@ def info_entry(
     )
     built = create_model(config)
     console = Console()
+    console.print(built.weights_source, highlight=False)
     for key, value in built.base_info.to_dict().items():
         console.print(f"{key}: {value}")
     groups = configure_trainable(built, config.method)

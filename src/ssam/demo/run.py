@@ -61,7 +61,7 @@ class DemoPlan:
     lr: float
 
 
-FULL = DemoPlan(128, 64, 64, 32, 4, 8, 3e-3)
+FULL = DemoPlan(128, 64, 64, 32, 5, 8, 3e-3)
 QUICK = DemoPlan(64, 64, 8, 4, 1, 4, 3e-3)
 
 
@@ -117,7 +117,8 @@ def _dataset(options: DemoOptions, root: Path, plan: DemoPlan) -> DatasetConfig:
             layout="nnunet",
             intensity=IntensityConfig(preset="rgb"),
             augment=AugmentConfig(rotation_deg=10, brightness=0.1),
-            split=SplitConfig(val_fraction=0.15, seed=options.seed),
+            # every phantom is drawn on its own: each its own group, by construction
+            split=SplitConfig(val_fraction=0.15, seed=options.seed, group_pattern="none"),
             neg_ratio=0.5,
         )
     layout = "nnunet" if (options.data / "dataset.json").is_file() else "folder"
@@ -176,10 +177,14 @@ def _model_config(options: DemoOptions, plan: DemoPlan) -> ModelConfig:
     )
 
 
-def _score_untrained(config: TrainConfig, split: str, out: Path) -> tuple[list[str], dict]:
-    """The label names, and Dice per label of the model training starts from (same seed)."""
+def _score_untrained(
+    config: TrainConfig, split: str, out: Path, say: Callable[[str], None]
+) -> tuple[list[str], dict]:
+    """The label names, and Dice per label of the model training starts from (same seed);
+    ``say`` gets the line naming the base and where its weights came from."""
     labels = list(list(select_split_cases(config, split).values())[0][0].labels)
-    return labels, _mean_dice(evaluate(config, None, split, out / "eval-untrained").table)
+    table = evaluate(config, None, split, out / "eval-untrained", say=say).table
+    return labels, _mean_dice(table)
 
 
 def _score_boxes(config: TrainConfig, split: str, labels: list[str]) -> dict[str, float]:
@@ -235,7 +240,7 @@ def run_demo(options: DemoOptions, say: Callable[[str], None] = print) -> DemoRe
     clock.lap("data")
     split = "test" if options.data is None else "val"
     say("stage 1: scoring the untrained S-SAM model (LiteMedSAM + a fresh label token)")
-    labels, untrained = _score_untrained(config, split, out)
+    labels, untrained = _score_untrained(config, split, out, lambda line: say(f"  {line}"))
     clock.lap("untrained")
     say("stage 2: the expert-prompt reference: the base prompted with ground-truth boxes")
     boxes = _score_boxes(config, split, labels)

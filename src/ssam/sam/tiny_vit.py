@@ -95,7 +95,7 @@ class PatchMerging(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim == 3:
             height, width = self.input_resolution
-            x = x.view(len(x), height, width, -1).permute(0, 3, 1, 2)
+            x = x.view(x.shape[0], height, width, -1).permute(0, 3, 1, 2)
         x = self.conv3(self.act(self.conv2(self.act(self.conv1(x)))))
         return x.flatten(2).transpose(1, 2)
 
