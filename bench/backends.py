@@ -1,12 +1,15 @@
 """Inference backends: PyTorch vs ONNX Runtime float32 vs ONNX Runtime int8 weights, per image,
 against the float32 floor; and the Dice int8 costs on real cases.
 
-    python bench/backends.py [--quick] [--rounds 5] [--out FILE]
+    python bench/backends.py [--quick] [--rounds 5] [--variant vit_b] [--size 256] [--out FILE]
     python bench/backends.py --adapter RUN/best.safetensors (--config CFG | --data DIR --label
-        NAME [--base DEMO_RUN]) [--split val] [--out FILE]
+        NAME) [--split val] [--out FILE]
 
-Speed (default): ViT-B at 256, seeded random base in the official layout, an adapter whose
-trainable tensors all moved a little, the tiny text tower (speed does not depend on values).
+Speed (default): ViT-B at 256 (``--variant``, ``--size``: e.g. litemedsam), seeded random base
+in the official layout, an adapter whose trainable tensors all moved a little, the tiny text
+tower (speed does not depend on values). "torch" is the predictor as it runs (the encoder's
+inference speed-ups applied: TinyViT's BatchNorms folded, channels-last convolutions),
+"torch-plain" the same model without them.
 Time per image of ``SSAMPredictor.predict_logits`` (encoder once per batch, decoder once per
 image for one label) for each backend at batch 1 and 8, at 1 and 2 threads, interleaved
 (``measure.time_interleaved``); medians, and per backend the median of the per-round ratios to
@@ -46,11 +49,15 @@ THREADS = (1, 2)
 MATMUL = 2048  # the floor's float32 matmul: MATMUL^3, about 17 GFLOP
 
 
-def build_predictor(variant: str, size: int, folder: Path) -> tuple[SSAMPredictor, Path]:
+def build_predictor(
+    variant: str, size: int, folder: Path
+) -> tuple[SSAMPredictor, SSAMPredictor, Path]:
     """A predictor over a random base + an adapter with every trainable tensor moved a little
-    (so merging changes weights), and the adapter's path (the export is keyed by it)."""
+    (so merging changes weights), the same without the encoder's inference speed-ups
+    ("torch-plain"), and the adapter's path (the export is keyed by it)."""
     base, adapter = write_moved_adapter(variant, size, folder, ["polyp"])
-    return SSAMPredictor.from_adapter(adapter, base), adapter
+    plain = SSAMPredictor.from_adapter(adapter, base, prepare_encoder=False)
+    return SSAMPredictor.from_adapter(adapter, base), plain, adapter
 
 
 def prepare_runtimes(predictor: SSAMPredictor, adapter: Path) -> tuple[dict, dict]:
@@ -107,7 +114,7 @@ def make_matmul(threads: int):
     return step
 
 
-def measure_speed(predictor, runtimes, flops: dict, rounds: int) -> tuple[list[dict], dict]:
+def measure_speed(predictor, plain, runtimes, flops: dict, rounds: int) -> tuple[list[dict], dict]:
     """Rows per (backend, batch, threads): median ms per image, paired ratio to torch, and the
     ratio to the float32 floor; the floor's matmul runs in the same interleaved rounds, so it
     is measured under the same load. Also returns the matmul GFLOP/s per thread count."""
@@ -117,6 +124,9 @@ def measure_speed(predictor, runtimes, flops: dict, rounds: int) -> tuple[list[d
         for t in THREADS
         for b in BACKENDS
     }
+    names.update(
+        {f"torch-plain|{n}|{t}": make_step(plain, None, n, t) for n in BATCHES for t in THREADS}
+    )
     names.update({f"matmul|{t}": make_matmul(t) for t in THREADS})
     times = time_interleaved(names, rounds, warmup=1)
     gflops = {
@@ -147,12 +157,12 @@ def measure_speed(predictor, runtimes, flops: dict, rounds: int) -> tuple[list[d
 
 
 def run_speed(args: argparse.Namespace, argv: list[str]) -> dict:
-    variant, size = ("tiny", 64) if args.quick else ("vit_b", 256)
+    variant, size = ("tiny", 64) if args.quick else (args.variant, args.size)
     with tempfile.TemporaryDirectory() as work:
-        predictor, adapter = build_predictor(variant, size, Path(work))
+        predictor, plain, adapter = build_predictor(variant, size, Path(work))
         runtimes, export_s = prepare_runtimes(predictor, adapter)
-        floor = count_model_flops(predictor)
-        rows, floor["matmul_gflops"] = measure_speed(predictor, runtimes, floor, args.rounds)
+        floor = count_model_flops(plain)
+        rows, floor["matmul_gflops"] = measure_speed(predictor, plain, runtimes, floor, args.rounds)
     table = [
         [
             r["backend"],
@@ -228,7 +238,7 @@ def run_dice(args: argparse.Namespace) -> dict:
     from ssam.cli.common import build_config
 
     labels = (args.label,) if args.label else None
-    config = build_config(args.config, args.data, labels, [], base=args.base, offline=True)
+    config = build_config(args.config, args.data, labels, [], offline=True)
     result = compare_dice(config, args.adapter, args.split)
     for backend, change in result["dice_change"].items():
         for label, delta in change.items():
@@ -249,12 +259,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny SAM at 64 (smoke run)")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--variant", default="vit_b", help="base variant (speed runs)")
+    parser.add_argument("--size", type=int, default=256, help="input size (speed runs)")
     parser.add_argument("--out", type=Path, default=None, help="JSON file to write")
     parser.add_argument("--adapter", type=Path, help="measure Dice per backend instead")
     parser.add_argument("--config", type=Path, help="training config naming the data")
     parser.add_argument("--data", type=Path, help="one dataset folder instead of --config")
     parser.add_argument("--label", help="the label of a folder dataset")
-    parser.add_argument("--base", type=Path, help="a finished `ssam demo` run as the base")
     parser.add_argument("--split", default="val")
     args = parser.parse_args(argv)
     argv = argv if argv is not None else sys.argv[1:]

@@ -122,7 +122,7 @@ def test_backends_quick_times_every_backend_against_the_floor(bench_modules, tmp
     results = json.loads(out.read_text())
     assert results["command"].startswith("python bench/backends.py --quick")
     cells = {(r["backend"], r["batch"], r["threads"]) for r in results["rows"]}
-    backend_names = ("torch", "onnx", "onnx-int8")
+    backend_names = ("torch", "torch-plain", "onnx", "onnx-int8")
     assert cells == {(b, n, t) for b in backend_names for n in (1, 8) for t in (1, 2)}
     for row in results["rows"]:
         assert row["ms_per_image"] > 0 and row["floor_ms_per_image"] > 0

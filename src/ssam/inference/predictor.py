@@ -44,6 +44,7 @@ from ssam.inference.label_maps import compute_label_map, compute_label_sizes, co
 from ssam.inference.loading import load_adapted_model
 from ssam.inference.merge import load_merged
 from ssam.model import SSAM
+from ssam.sam.families import get_family
 from ssam.text import normalise_label
 
 ImageSource = str | Path | np.ndarray
@@ -107,6 +108,10 @@ class SSAMPredictor:
             names are allowed and raise an ``UnknownLabelWarning``).
         intensity: 0-255 mapping; None or preset "auto": chosen per input by its type.
         batch_size: slices per image-encoder call.
+        prepare_encoder: apply the encoder family's inference-only speed-ups in place
+            (TinyViT: BatchNorms folded into their convolutions, channels-last convolutions;
+            the same outputs to float error). The model is then for running, not for training
+            or saving. False leaves it as given.
     """
 
     def __init__(
@@ -116,10 +121,13 @@ class SSAMPredictor:
         intensity: IntensityConfig | None = None,
         batch_size: int = 8,
         input_stats: dict | None = None,
+        prepare_encoder: bool = True,
     ) -> None:
         if batch_size < 1:
             raise ConfigError(f"batch size must be at least 1, got {batch_size}")
         self.model = model.eval().requires_grad_(False)
+        if prepare_encoder:
+            get_family(model.variant).prepare_inference(model.image_encoder)
         self.trained_labels = tuple(normalise_label(n) for n in trained_labels)
         self.intensity = intensity
         self.batch_size = batch_size

@@ -16,6 +16,8 @@ TinyViT lives here, so no code asks which variant it holds:
 * ``lora_qkv`` and ``qkv_per_head``: where LoRA goes (the fused qkv projections) and whether
   their rows are ordered q, k, v per head (TinyViT) rather than all q, all k, all v (ViT);
 * ``signature``: what a checkpoint's encoder looks like, to name the variant a foreign file is;
+* ``prepare_inference``: in-place, inference-only speed-ups of an eval-mode encoder that keep
+  its outputs to float error (TinyViT: BatchNorm folding, channels-last convolutions);
 * ``train_bytes_per_pixel``: activation memory of a training pass (S-SAM, float32) per input
   pixel, measured: what ``micro_batch_size: auto`` plans with; ``checkpointed_bytes_per_pixel``
   the same with activation checkpointing of the encoder's early stages (None: the family's
@@ -32,7 +34,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ssam.sam.tiny_vit import build_tiny_vit_encoder
+from ssam.sam.tiny_vit import build_tiny_vit_encoder, prepare_inference
 from ssam.sam.variants import SAM_VARIANTS, SamSpec
 from ssam.sam.vit import build_vit_encoder
 
@@ -55,6 +57,7 @@ class EncoderFamily:
     spec_signature: Callable[[SamSpec], tuple]
     train_bytes_per_pixel: float
     checkpointed_bytes_per_pixel: float | None = None
+    prepare_inference: Callable[[nn.Module], None] = lambda encoder: None
 
     def grid(self, spec: SamSpec, image_size: int) -> int:
         """Side of the image embedding for S x S inputs."""
@@ -139,6 +142,7 @@ TINY_VIT = EncoderFamily(
     # stages 0-1 checkpointed (TinyViT.checkpoint_stages(2)) 1.5 GiB.
     train_bytes_per_pixel=41_000,
     checkpointed_bytes_per_pixel=25_000,
+    prepare_inference=prepare_inference,
 )
 
 FAMILIES: dict[str, EncoderFamily] = {f.name: f for f in (VIT, TINY_VIT)}

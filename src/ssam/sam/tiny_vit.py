@@ -10,6 +10,10 @@ logits against the package's own model. Three things differ, none in what a chec
 * the attention biases are gathered from ``attention_biases`` on every call (the package caches
   them in eval mode, and a cached copy receives no gradient): the table trains in any mode.
 
+For inference, ``prepare_inference`` folds each BatchNorm into its convolution and keeps the
+convolutional stages in channels-last memory (oneDNN's NHWC depthwise kernels): the same
+numbers to float error, measured ~25 % less time per image on a CPU (bench/backends.py).
+
 Stages for an S x S input (LiteMedSAM: dims 64/128/160/320, depths 2/2/6/2): patch embedding
 (two 1x1 convs, full resolution), stage 0 of MBConv blocks at S, attention stages at S/2, S/4,
 S/4 (windows 7/14/7, windows padded as the package pads them), a SAM-like neck to 256 channels.
@@ -48,6 +52,34 @@ class Conv2dBN(nn.Sequential):
         pad = kernel // 2
         self.add_module("c", nn.Conv2d(in_chans, out_chans, kernel, stride, pad, 1, groups, False))
         self.add_module("bn", FrozenStatsBatchNorm2d(out_chans))
+
+
+@torch.no_grad()
+def fold_batchnorms(module: nn.Module) -> int:
+    """For inference: fold each ``Conv2dBN``'s BatchNorm into its convolution, in place.
+
+    W'' = W·γ/√(var+ε) per output channel, bias β - mean·γ/√(var+ε): one convolution with a
+    bias instead of a convolution and a pass over its output. An S-SAM convolution is merged
+    first (its adapted W', as ``merge`` gives it). The folded blocks hold no BatchNorm tensors
+    any more, so a folded model is for running, not for training or saving. Returns the count.
+    """
+    count = 0
+    for block in module.modules():
+        if not isinstance(block, Conv2dBN) or not isinstance(block.bn, nn.BatchNorm2d):
+            continue
+        conv = block.c if type(block.c) is nn.Conv2d else block.c.merge()
+        bn = block.bn
+        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        folded = nn.Conv2d(
+            conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+            conv.dilation, conv.groups, bias=True,
+        ).to(conv.weight)  # fmt: skip
+        folded.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
+        shift = bn.bias - bn.running_mean * scale
+        folded.bias.copy_(shift if conv.bias is None else shift + conv.bias * scale)
+        block.c, block.bn = folded.requires_grad_(False), nn.Identity()
+        count += 1
+    return count
 
 
 class PatchEmbed(nn.Module):
@@ -289,6 +321,7 @@ class TinyViT(nn.Module):
             self.layers.append(layer)
             size = -(-size // stride)
         self.grid = size
+        self.channels_last = False  # set by ``prepare_inference``
         self.neck = nn.Sequential(
             nn.Conv2d(embed_dims[-1], out_chans, 1, bias=False),
             LayerNorm2d(out_chans),
@@ -304,6 +337,8 @@ class TinyViT(nn.Module):
             layer.checkpointed = index < count
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         x = self.patch_embed(x)
         for layer in self.layers:
             x = layer(x)
@@ -327,3 +362,12 @@ def build_tiny_vit_encoder(spec, image_size: int, window_size: int | None = None
         encoder.mbconv_expand_ratio,
         spec.prompt_embed_dim,
     )
+
+
+def prepare_inference(encoder: TinyViT) -> None:
+    """Inference-only speed-ups of a TinyViT in eval mode, in place, outputs unchanged to float
+    error: BatchNorms folded into their convolutions (``fold_batchnorms``) and the convolutions
+    run on channels-last tensors (the input is made channels-last, the weights too)."""
+    fold_batchnorms(encoder)
+    encoder.to(memory_format=torch.channels_last)
+    encoder.channels_last = True
