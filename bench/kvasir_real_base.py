@@ -74,7 +74,9 @@ def main() -> None:
     results["val_cases"] = len(cases)
     for size in sorted({args.size, 256}):
         start = time.time()
-        predictor = SSAMPredictor(create_model(config.model.model_copy(update={"image_size": size})))
+        predictor = SSAMPredictor(
+            create_model(config.model.model_copy(update={"image_size": size}))
+        )
         predictor.intensity = config.datasets[0].intensity
         dice = score_box_reference(predictor, cases, ["polyp"])["polyp"]
         results[f"box_{size}"] = float(np.mean(dice))

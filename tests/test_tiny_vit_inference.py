@@ -48,13 +48,14 @@ def test_prepared_encoder_gives_the_plain_outputs(size, trained, photo):
     model = create_model(lite_model_config(size)).eval()
     if trained:
         _move_trained_tensors(model)
-    images = preprocess_image(photo, size, normalisation="minmax")[0][None]
+    image = preprocess_image(photo, size, normalisation="minmax")[0]
+    images = torch.stack([image, image.flip(-1)])  # a batch: encoded one image at a time
     with torch.no_grad():
         plain_embeddings = model.encode_images(images)
-        plain_logits = model(images, ["polyp"])
+        plain_logits = model(images, ["polyp", "polyp"])
         fast = copy.deepcopy(model)
         prepare_inference(fast.image_encoder)
-        embeddings, logits = fast.encode_images(images), fast(images, ["polyp"])
+        embeddings, logits = fast.encode_images(images), fast(images, ["polyp", "polyp"])
     blocks = [m for m in fast.image_encoder.modules() if isinstance(m, Conv2dBN)]
     assert len(blocks) == 27 and all(isinstance(b.bn, nn.Identity) for b in blocks)
     assert not any(isinstance(m, nn.BatchNorm2d) for m in fast.image_encoder.modules())
