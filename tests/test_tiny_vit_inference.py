@@ -61,6 +61,7 @@ def test_prepared_encoder_gives_the_plain_outputs(size, trained, photo):
     assert not any(isinstance(m, nn.BatchNorm2d) for m in fast.image_encoder.modules())
     convs = [m for m in fast.image_encoder.modules() if isinstance(m, nn.Conv2d)]
     assert all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
+    assert fast.image_encoder.inference_chunk == 1  # on a CPU, one image per pass
     scale = plain_embeddings.abs().max()
     assert (embeddings - plain_embeddings).abs().max() < 1e-5 * scale
     assert (logits - plain_logits).abs().max() < 1e-4 * plain_logits.abs().max()

@@ -109,8 +109,8 @@ class SSAMPredictor:
         intensity: 0-255 mapping; None or preset "auto": chosen per input by its type.
         batch_size: slices per image-encoder call.
         prepare_encoder: apply the encoder family's inference-only speed-ups in place
-            (TinyViT: BatchNorms folded into their convolutions, channels-last convolutions;
-            the same outputs to float error). The model is then for running, not for training
+            (TinyViT: BatchNorms folded into their convolutions, channels-last convolutions,
+            on a CPU one image per encoder pass; the same outputs to float error). The model is then for running, not for training
             or saving. False leaves it as given.
     """
 

@@ -17,7 +17,8 @@ TinyViT lives here, so no code asks which variant it holds:
   their rows are ordered q, k, v per head (TinyViT) rather than all q, all k, all v (ViT);
 * ``signature``: what a checkpoint's encoder looks like, to name the variant a foreign file is;
 * ``prepare_inference``: in-place, inference-only speed-ups of an eval-mode encoder that keep
-  its outputs to float error (TinyViT: BatchNorm folding, channels-last convolutions);
+  its outputs to float error (TinyViT: BatchNorm folding, channels-last convolutions, one
+  image per pass on a CPU);
 * ``train_bytes_per_pixel``: activation memory of a training pass (S-SAM, float32) per input
   pixel, measured: what ``micro_batch_size: auto`` plans with; ``checkpointed_bytes_per_pixel``
   the same with activation checkpointing of the encoder's early stages (None: the family's

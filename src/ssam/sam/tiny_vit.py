@@ -375,10 +375,12 @@ def build_tiny_vit_encoder(spec, image_size: int, window_size: int | None = None
 def prepare_inference(encoder: TinyViT) -> None:
     """Inference-only speed-ups of a TinyViT in eval mode, in place, outputs unchanged to float
     error: BatchNorms folded into their convolutions (``fold_batchnorms``), the convolutions
-    run on channels-last tensors (the input is made channels-last, the weights too), and a
-    batch encoded one image at a time (unsplit, batch 8 took 1.7-1.9x the time per image of
-    batch 1 on two cores: each of stage 0's tensors is S x S x 256 floats per image)."""
+    run on channels-last tensors (the input is made channels-last, the weights too), and, on a
+    CPU, a batch encoded one image at a time (unsplit, batch 8 took 1.7-1.9x the time per image
+    of batch 1 on two cores: each of stage 0's tensors is S x S x 256 floats per image; a GPU
+    keeps its batches)."""
     fold_batchnorms(encoder)
     encoder.to(memory_format=torch.channels_last)
     encoder.channels_last = True
-    encoder.inference_chunk = 1
+    on_cpu = next(encoder.parameters()).device.type == "cpu"
+    encoder.inference_chunk = 1 if on_cpu else 0
