@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from compare_methods import DEFAULT_DATA
 from measure import describe_machine
 from ssam.config.train import load_train_config
 from ssam.evaluation.box_reference import score_box_reference
@@ -31,8 +32,6 @@ from ssam.factory import create_model
 from ssam.inference.predictor import SSAMPredictor
 from ssam.train import train
 from summary import RESULTS, write_results
-
-DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "kvasir-seg"
 
 
 def mean_dice(summary: dict) -> float:
@@ -74,10 +73,8 @@ def main() -> None:
     results["val_cases"] = len(cases)
     for size in sorted({args.size, 256}):
         start = time.time()
-        predictor = SSAMPredictor(
-            create_model(config.model.model_copy(update={"image_size": size}))
-        )
-        predictor.intensity = config.datasets[0].intensity
+        model = create_model(config.model.model_copy(update={"image_size": size}))
+        predictor = SSAMPredictor(model, intensity=config.datasets[0].intensity)
         dice = score_box_reference(predictor, cases, ["polyp"])["polyp"]
         results[f"box_{size}"] = float(np.mean(dice))
         results[f"box_{size}_seconds"] = round(time.time() - start)

@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.test_train import link_subset
 from typer.testing import CliRunner
 
 from ssam.cli.main import app
@@ -103,11 +104,7 @@ def test_checkpoint_flags_are_stored_as_absolute_paths(tmp_path, monkeypatch, sh
 def test_train_on_the_default_base_with_no_weights_flag(tmp_path, shared_data):
     """`ssam train --data DIR --label polyp`: LiteMedSAM from its package, offline, the
     random text tower said in one line, no weights flag (one short step here, at 64 px)."""
-    data = tmp_path / "kvasir"
-    for sub in ("images", "masks"):
-        (data / sub).mkdir(parents=True)
-        for path in sorted((shared_data / "kvasir-seg" / sub).iterdir())[:6]:
-            (data / sub / path.name).symlink_to(path)
+    data = link_subset(shared_data / "kvasir-seg", tmp_path / "kvasir", 6)
     run = tmp_path / "run"
     done = subprocess.run(
         [sys.executable, "-m", "ssam", "train", "--data", str(data), "--label", "polyp",

@@ -9,25 +9,13 @@ import copy
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from torch import nn
 
-from predict_helpers import LABELS, lite_model_config
+from predict_helpers import LABELS, kvasir_image, lite_model_config
 from ssam.data.transforms import preprocess_image
 from ssam.factory import create_model
 from ssam.inference.predictor import SSAMPredictor
 from ssam.sam.tiny_vit import Conv2dBN, fold_batchnorms, prepare_inference
-
-
-@pytest.fixture(scope="module")
-def photo_path(shared_data):
-    return sorted((shared_data / "kvasir-seg" / "images").glob("*.jpg"))[0]
-
-
-@pytest.fixture(scope="module")
-def photo(photo_path) -> np.ndarray:
-    """A Kvasir-SEG photo, (3, H, W) 0-255 float32."""
-    return np.asarray(Image.open(photo_path).convert("RGB"), np.float32).transpose(2, 0, 1)
 
 
 def _move_trained_tensors(model: nn.Module, seed: int = 0) -> None:
@@ -43,11 +31,12 @@ def _move_trained_tensors(model: nn.Module, seed: int = 0) -> None:
 
 
 @pytest.mark.parametrize(("size", "trained"), [(256, False), (128, True)])
-def test_prepared_encoder_gives_the_plain_outputs(size, trained, photo):
+def test_prepared_encoder_gives_the_plain_outputs(size, trained, kvasir_pair):
     torch.manual_seed(0)
     model = create_model(lite_model_config(size)).eval()
     if trained:
         _move_trained_tensors(model)
+    photo = kvasir_pair[0].transpose(2, 0, 1).astype(np.float32)
     image = preprocess_image(photo, size, normalisation="minmax")[0]
     images = torch.stack([image, image.flip(-1)])  # a batch: encoded one image at a time
     with torch.no_grad():
@@ -73,13 +62,14 @@ def test_folding_twice_changes_nothing_more():
     assert fold_batchnorms(model.image_encoder) == 0
 
 
-def test_predictor_runs_prepared_and_predicts_as_the_plain_model(lite_adapter, photo_path):
+def test_predictor_runs_prepared_and_predicts_as_the_plain_model(lite_adapter, shared_data):
     fast = SSAMPredictor.from_adapter(lite_adapter)
     assert fast.model.image_encoder.channels_last
     plain = SSAMPredictor.from_adapter(lite_adapter, prepare_encoder=False)
     assert not plain.model.image_encoder.channels_last
-    a = fast.segment_file(photo_path, list(LABELS))
-    b = plain.segment_file(photo_path, list(LABELS))
+    photo = kvasir_image(shared_data)
+    a = fast.segment_file(photo, list(LABELS))
+    b = plain.segment_file(photo, list(LABELS))
     assert np.abs(a.probabilities - b.probabilities).max() < 1e-4
     changed = a.label_map != b.label_map
     assert changed.mean() < 1e-4  # only pixels at a tie between labels may differ
