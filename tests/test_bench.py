@@ -64,18 +64,29 @@ def test_compare_methods_quick(bench_modules, tmp_path, shared_data):
     import compare_methods
 
     out = tmp_path / "compare.json"
-    argv = ["--quick", "--methods", "ssam", "decoder", "--threads", "1", "--out", str(out)]
-    argv += ["--data", str(shared_data / "kvasir-seg")]
-    compare_methods.main(argv)
-    results = json.loads(out.read_text())
-    assert list(results["methods"]) == ["ssam", "decoder"]
-    for r in results["methods"].values():
-        assert 0.0 <= r["val_dice_final"] <= 1.0 and len(r["val_dice_curve"]) == 3
-        assert r["val_dice_curve"][0][0] == 0  # the untrained model, before the first step
-        assert r["val_dice_untrained"] == r["val_dice_curve"][0][1]
-        assert r["trainable"] > 0 and r["adapter_bytes"] > 0
-    assert results["methods"]["ssam"]["trainable"] < results["methods"]["decoder"]["trainable"]
-    assert out.with_suffix(".png").stat().st_size > 0
+    argv = ["--quick", "--methods", "ssam", "token", "--datasets", "glas", "--threads", "1"]
+    results = compare_methods.main([*argv, "--out", str(out), "--data-root", str(shared_data)])
+    assert json.loads(out.read_text())["picked_lr"] == results["picked_lr"]
+    glas = results["datasets"]["glas"]
+    assert glas["split"]["train"] + glas["split"]["val"] == 22
+    refs = glas["references"]
+    assert refs["untrained"]["gland"]["dice"] < 0.1  # a fresh label token finds nothing
+    assert refs["box_256"]["gland"]["dice"] > 0.9 > refs["box_64"]["gland"]["dice"] > 0.7
+    runs = glas["runs"]
+    assert {(r["method"], r["lr"]) for r in runs.values()} == {
+        (m, lr) for m in ("ssam", "token") for lr in compare_methods.LR_GRID[m]
+    }
+    for r in runs.values():
+        assert r["peak_rss_mib"] > 500 and r["seconds_per_epoch"] > 0
+        assert len(r["val_curve"]) == 2 and r["labels"]["gland"]["n"] == glas["split"]["val"]
+    table = results["table"]["glas"]
+    assert table["ssam"]["trainable"] == 180_648 and table["token"]["trainable"] == 136_448
+    assert table["token"]["lr"] == results["picked_lr"]["token"]
+    best_token = max(compare_methods.mean_dice(r) for r in runs.values() if r["method"] == "token")
+    assert compare_methods.mean_dice(table["token"]) == pytest.approx(best_token)
+    assert "S-SAM" in results["verdicts"]["glas"]
+    for suffix in ("_params.png", "_time.png"):
+        assert (tmp_path / f"compare{suffix}").stat().st_size > 0
 
 
 def test_threads_quick_compares_one_and_two_threads_quiet_and_loaded(bench_modules, tmp_path):

@@ -24,7 +24,7 @@ from ssam.tuning.lora import (
     iter_lora_layers,
     merge_lora,
 )
-from ssam.tuning.methods import METHODS, configure_trainable
+from ssam.tuning.methods import METHODS, configure_trainable, trainable_names
 
 TEXT_AFFINE = 512 * 256 + 256 + 2 * 256  # Linear 512->256 and BatchNorm1d(256) affine
 
@@ -73,6 +73,8 @@ def test_method_trains_only_its_groups(method, base_config):
     assert all(reached.values()), f"{method}: no gradient reached {reached}"
     changed = [n for n, p in model.named_parameters() if not torch.equal(p, before[n])]
     assert changed, f"{method}: the optimiser step changed nothing"
+    encoder_trains = any(n.startswith("image_encoder.") for n in trainable_names(model))
+    assert METHODS[method].trains_encoder == encoder_trains  # what embedding caching trusts
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))
@@ -122,6 +124,15 @@ def test_decoder_count_vit_b_by_hand():
     report = compute_parameter_report(ModelConfig(variant="vit_b", method="decoder"))
     assert _mask_decoder_count() == 4_058_340
     assert report["groups"] == {"mask decoder": 4_058_340, "text affine": TEXT_AFFINE}
+
+
+def test_token_count_by_hand():
+    # the decoder transformer's LayerNorms: 2 layers x norm1-4 + the final one, 2 x 256 each
+    norms = (2 * 4 + 1) * 2 * 256
+    for variant in ("vit_b", "litemedsam"):  # the same mask decoder on both bases
+        report = compute_parameter_report(ModelConfig(variant=variant, method="token"))
+        want = {"decoder transformer LayerNorms": norms, "text affine": TEXT_AFFINE}
+        assert report["groups"] == want
 
 
 def test_bias_and_full_counts_vit_b_by_hand():

@@ -114,11 +114,12 @@ class SSAM(nn.Module):
 
     def forward(
         self,
-        images: torch.Tensor,
+        images: torch.Tensor | None,
         labels: Sequence[str] | torch.Tensor | None = None,
         boxes: torch.Tensor | None = None,
         points: tuple[torch.Tensor, torch.Tensor] | None = None,
         rows: slice | None = None,
+        embeddings: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Images (B, 3, S, S) with one prompt each -> logits (B, 1, S, S).
 
@@ -127,14 +128,19 @@ class SSAM(nn.Module):
         ``rows``: the images are these rows of a larger batch whose labels are ``labels``
         (all of them): the label tokens are computed for the whole batch, so that the
         text-affine BatchNorm sees the whole batch's statistics, and these rows are kept.
+        ``embeddings``: the images' embeddings (``encode_images``) instead of the images
+        (``images`` None), as training on stored embeddings passes them.
         """
-        embeddings = self.encode_images(images)
+        if (images is None) == (embeddings is None):
+            raise ValueError("give either images or their embeddings")
+        if embeddings is None:
+            embeddings = self.encode_images(images)
         tokens = self.label_tokens(labels) if labels is not None else None
         if tokens is not None and rows is not None:
             tokens = tokens[rows]
         if tokens is None and boxes is None and points is None:
             raise ValueError("give each image a label name, a box or points")
-        batch = images.shape[0]
+        batch = embeddings.shape[0]
         sparse, dense = self.prompt_encoder(points=points, boxes=boxes, masks=None)
         if sparse.shape[0] not in (1, batch) or (tokens is not None and len(tokens) != batch):
             raise ValueError(f"{batch} images need {batch} prompts, one each")

@@ -16,7 +16,7 @@ Intensity = Literal["auto", "rgb", "minmax", "ct", "mri"]
 # default) or one of the presets (``auto``: chosen per input by its stored type).
 IntensityOption = Literal["trained", "auto", "rgb", "minmax", "ct", "mri"]
 Variant = Literal["litemedsam", "vit_b", "vit_l", "vit_h", "medsam_vit_b", "tiny"]
-Method = Literal["ssam", "lora", "bias", "decoder", "full"]
+Method = Literal["ssam", "lora", "bias", "decoder", "token", "full"]
 Split = Literal["train", "val", "test", "all"]
 Backend = Literal["torch", "onnx", "onnx-int8"]
 

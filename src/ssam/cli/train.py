@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from ssam.cli.choices import Method
 from ssam.cli.common import label_list_option
 
 
@@ -20,6 +21,11 @@ def train_entry(
     epochs: int | None = typer.Option(None, help="number of epochs"),
     max_steps: int | None = typer.Option(None, help="stop after this many optimiser steps"),
     batch_size: int | None = typer.Option(None, help="batch size per process"),
+    method: Method | None = typer.Option(
+        None,
+        help="what trains (default ssam); decoder and token leave the image encoder frozen and "
+        "train on embeddings computed once per image",
+    ),
     sam_checkpoint: Path | None = typer.Option(
         None, help="base checkpoint (default: LiteMedSAM, installed with S-SAM)"
     ),
@@ -51,6 +57,7 @@ def train_entry(
         max_steps=max_steps,
         batch_size=batch_size,
         threads=parse_threads(threads),
+        **{"model.method": method},
     )
     result = train(cfg, resume=resume)
     if int(os.environ.get("RANK", "0")) != 0:

@@ -16,6 +16,7 @@ from ssam.config.data import DatasetConfig
 from ssam.config.model import ModelConfig
 from ssam.errors import ConfigError, describe_problem
 from ssam.sam.families import get_family
+from ssam.tuning.methods import get_method
 
 
 class LossConfig(BaseModel):
@@ -60,6 +61,18 @@ class TrainConfig(BaseModel):
         description="recompute the encoder's full-resolution stages in the backward pass "
         "instead of keeping their activations (LiteMedSAM: 40 % less memory per image)",
     )
+    cache_embeddings: bool | Literal["auto"] = Field(
+        "auto",
+        description="methods that leave the image encoder frozen (decoder, token) train on "
+        "image embeddings computed once per image and kept in the run folder; training images "
+        "are then not augmented (auto: on for such methods; false: encode every step, with "
+        "augmentation)",
+    )
+    embeddings_dir: Path | None = Field(
+        None,
+        description="where cached embeddings are kept (default: the run folder's embeddings/); "
+        "runs sharing it reuse each other's when weights, size and samples agree",
+    )
     grad_accumulation: int = Field(1, ge=1)
     samples_per_epoch: int | None = Field(
         None, ge=1, description="draws per epoch when sampling by dataset weight (default: all)"
@@ -90,6 +103,22 @@ class TrainConfig(BaseModel):
                 f"{self.model.variant}'s {family.name} encoder"
             )
         return self
+
+    @model_validator(mode="after")
+    def _cache_needs_frozen_encoder(self) -> TrainConfig:
+        if self.cache_embeddings is True and get_method(self.model.method).trains_encoder:
+            raise ValueError(
+                f"cache_embeddings needs a method that leaves the image encoder frozen "
+                f"(decoder, token); {self.model.method} trains it"
+            )
+        return self
+
+    @property
+    def embeddings_cached(self) -> bool:
+        """Whether training runs on embeddings computed once per image (``cache_embeddings``)."""
+        if self.cache_embeddings == "auto":
+            return not get_method(self.model.method).trains_encoder
+        return self.cache_embeddings
 
     @model_validator(mode="after")
     def _positive_micro_batch(self) -> TrainConfig:

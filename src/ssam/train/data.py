@@ -64,7 +64,8 @@ def build_training_data(config: TrainConfig) -> TrainingData:
         _check_disjoint(dataset.dataset_name, split.train, split.val)
         if not split.train:
             raise DataError(f"dataset {dataset.dataset_name}: the split leaves no training case")
-        train.append(sampled(dataset, split.train, size, train=True))
+        # stored embeddings are of the images as they are: no augmentation then
+        train.append(sampled(dataset, split.train, size, train=not config.embeddings_cached))
         weights.append(dataset.weight)
         if split.val:
             val.append(sampled(dataset, split.val, size, train=False))

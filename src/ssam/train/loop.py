@@ -21,6 +21,7 @@ import os
 import shutil
 import sys
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -44,11 +45,17 @@ from ssam.train.batches import (
     split_batches,
 )
 from ssam.train.data import TrainingData, build_training_data
+from ssam.train.embeddings import EmbeddedSamples, encoder_digest, stored_embeddings
 from ssam.train.log import RunLogger, read_log
 from ssam.train.losses import segmentation_loss
 from ssam.train.plots import plot_run_curves
 from ssam.train.state import STATE_FILE, Progress, load_training_state, save_training_state
-from ssam.train.validate import compute_batch_dice, score_samples, summarise_scores
+from ssam.train.validate import (
+    compute_batch_dice,
+    forward_batch,
+    score_samples,
+    summarise_scores,
+)
 from ssam.tuning.adapter import adapter_state_dict, save_adapter
 from ssam.tuning.svd import compute_svd_regulariser
 
@@ -65,6 +72,7 @@ _RESUMABLE_CHANGES = {
     "val_at_start",
     "threads",
     "micro_batch_size",
+    "embeddings_dir",
 }
 
 
@@ -77,7 +85,12 @@ class TrainResult:
     labels: list[str]
 
 
-def _check_resume_config(saved: dict, current: dict, path: Path) -> None:
+def _check_resume_config(saved: dict, current: dict, path: Path, cached: bool) -> None:
+    """Refuse a resume whose settings differ from the saved run's, except the resumable
+    ones. A run saved before ``cache_embeddings`` existed encoded every step: it resumes as
+    long as this config does too (``cached``: whether it would train on stored embeddings)."""
+    if "cache_embeddings" not in saved and not cached:
+        saved = {**saved, "cache_embeddings": current.get("cache_embeddings")}
     changed = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
     changed = [k for k in changed if k not in _RESUMABLE_CHANGES]
     if changed:
@@ -167,6 +180,8 @@ class _Run:
             )
             split_json = json.dumps(self.split_cases, indent=1)
             write_text_atomic(self.run_dir / RUN_SPLIT_FILE, split_json)
+        if config.embeddings_cached:  # after the resume check: a refused resume encodes nothing
+            self.use_stored_embeddings(model)
         self.model, self.optimizer = self.accelerator.prepare(model, self.optimizer)
         self.logger = RunLogger(
             self.run_dir,
@@ -177,6 +192,49 @@ class _Run:
         if not resume:
             for name, split in self.data.splits.items():
                 self.logger.log("split", 0, dataset=name, **split.describe())
+
+    def use_stored_embeddings(self, model: torch.nn.Module) -> None:
+        """Train and validate on embeddings computed once per image (``ssam.train.embeddings``:
+        the method leaves the encoder frozen). The first process on each machine computes those
+        not stored; the others wait, then check that what is stored fits them."""
+        c = self.config
+        folder = Path(c.embeddings_dir or self.run_dir / "embeddings")
+        model.to(self.accelerator.device)
+        store = partial(
+            stored_embeddings,
+            model,
+            folder=folder,
+            encoder=encoder_digest(model.image_encoder),
+            batch_size=min(c.batch_size, 8),
+        )
+        sides = {"train": self.data.train, "val": self.data.val}
+        named = [
+            (f"{samples.cases[0].dataset}-{role}", role, k, samples)
+            for role, datasets in sides.items()
+            for k, samples in enumerate(datasets)
+        ]
+        counts = {"computed": 0, "reused": 0}
+
+        def load(compute: bool) -> None:
+            for name, role, k, samples in named:
+                embeddings, rows, fresh = store(samples, name=name, compute=compute)
+                counts["computed" if fresh else "reused"] += len(embeddings)
+                sides[role][k] = EmbeddedSamples(samples, embeddings, rows)
+
+        first = self.accelerator.is_local_main_process
+        if first:
+            load(compute=True)
+        self.accelerator.wait_for_everyone()
+        if not first:
+            load(compute=False)
+        if self.main:
+            print(
+                f"method {c.model.method} leaves the image encoder frozen: training on stored "
+                f"embeddings ({counts['computed']} images encoded now, {counts['reused']} "
+                f"reused, in {folder}); training images are not augmented "
+                "(cache_embeddings=false encodes every step, with augmentation)",
+                file=sys.stderr,
+            )
 
     def announce_splits(self) -> None:
         """Print the split of every dataset (main process), before any work starts."""
@@ -204,7 +262,8 @@ class _Run:
     def _restore(self, model: torch.nn.Module) -> None:
         state = load_training_state(self.run_dir / STATE_FILE)
         current = self.config.model_dump(mode="json")
-        _check_resume_config(state["config"], current, self.run_dir / STATE_FILE)
+        path, cached = self.run_dir / STATE_FILE, self.config.embeddings_cached
+        _check_resume_config(state["config"], current, path, cached)
         _load_trainable(model, state["tensors"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -258,7 +317,7 @@ class _Run:
         """Segmentation loss and Dice of ``rows`` of ``batch`` (label tokens from all of it)."""
         device, c = self.accelerator.device, self.config.loss
         with self.accelerator.autocast():
-            logits = self.model(batch["image"][rows].to(device), list(batch["label"]), rows=rows)
+            logits = forward_batch(self.model, batch, device, rows)
         target = batch["mask"][rows].to(device)
         loss = segmentation_loss(
             logits.float(),
@@ -429,6 +488,8 @@ def choose_micro_batch(config: TrainConfig, device: torch.device) -> tuple[int, 
     batch = config.batch_size
     if config.micro_batch_size != "auto":
         chosen, why = min(batch, config.micro_batch_size), "as set"
+    elif config.embeddings_cached:  # no encoder activations: a batch fits in one pass
+        return batch, ""
     else:
         if device.type == "cuda":
             memory, share = torch.cuda.get_device_properties(device).total_memory, 0.5

@@ -23,7 +23,17 @@ def compute_batch_dice(logits: torch.Tensor, target: torch.Tensor) -> torch.Tens
     ]
 
 
-@torch.no_grad()
+def forward_batch(model, batch: dict, device: torch.device, rows: slice | None = None):
+    """Logits of ``rows`` (default all) of a collated batch of samples: from its images, or
+    from their stored embeddings (``"embedding"``, ``ssam.train.embeddings``); the label
+    tokens of the whole batch (see ``SSAM.forward``)."""
+    rows = slice(None) if rows is None else rows
+    labels = list(batch["label"])
+    if "embedding" in batch:
+        return model(None, labels, rows=rows, embeddings=batch["embedding"][rows].to(device))
+    return model(batch["image"][rows].to(device), labels, rows=rows)
+
+
 @torch.no_grad()
 def score_samples(
     model,
@@ -47,7 +57,7 @@ def score_samples(
     shown = None if progress else True  # None: on a terminal only (a log file gets no bars)
     for batch in tqdm(loader, desc="validation", unit="batch", disable=shown, leave=False):
         with autocast():
-            logits = model(batch["image"].to(device), list(batch["label"]))
+            logits = forward_batch(model, batch, device)
         scores += compute_batch_dice(logits.float(), batch["mask"].to(device)).tolist()
         positive += batch["positive"].bool().tolist()
     model.train(was_training)

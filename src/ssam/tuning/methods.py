@@ -14,7 +14,12 @@ sharing everything else (data, loss, label-name prompt, evaluation):
   LayerNorms + text affine (AdaptiveSAM's bias tuning; its code also trains the positional
   embedding, the prompt encoder and the whole mask decoder).
 * ``decoder``: the whole mask decoder + text affine; the encoder stays pretrained SAM.
+* ``token``: the label token alone: text affine + the decoder transformer's LayerNorms (a few
+  thousand parameters); encoder and decoder stay pretrained SAM.
 * ``full``: every SAM parameter + text affine (CLIP stays frozen).
+
+Methods that leave the image encoder frozen (``trains_encoder`` False: ``decoder``, ``token``)
+train on image embeddings computed once per image (``TrainConfig.cache_embeddings``).
 """
 
 from __future__ import annotations
@@ -35,12 +40,15 @@ class Method:
     """Trainable parameter groups (name -> regex over parameter names; a parameter belongs to
     the first group it matches; a plain string names the encoder family's attribute holding
     more groups) and an injection step (a key of ``ssam.factory.INJECTORS``: ``"svd"``
-    SVD-tunes the ``svd_targets``, ``"lora"`` adds LoRA; None: train SAM's own parameters)."""
+    SVD-tunes the ``svd_targets``, ``"lora"`` adds LoRA; None: train SAM's own parameters).
+    ``trains_encoder``: whether any image-encoder parameter trains (False: the encoder's
+    output for an image never changes, so training may compute it once)."""
 
     name: str
     groups: tuple[Group | str, ...]
     inject: str | None = None
     description: str = ""
+    trains_encoder: bool = True
 
     def resolve_groups(self, family: EncoderFamily) -> tuple[Group, ...]:
         """The groups on an encoder of ``family``, its own groups spliced in."""
@@ -90,6 +98,13 @@ METHODS: dict[str, Method] = {
         "decoder",
         (("mask decoder", r"^mask_decoder\."), _TEXT_AFFINE),
         description="the whole mask decoder + text affine; pretrained encoder",
+        trains_encoder=False,
+    ),
+    "token": Method(
+        "token",
+        (_DECODER_NORMS, _TEXT_AFFINE),
+        description="the label token: text affine + decoder LayerNorms; pretrained SAM",
+        trains_encoder=False,
     ),
     "full": Method(
         "full",
