@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from measure import describe_machine
-from summary import RESULTS, check_known, format_table, write_results
+from summary import RESULTS, check_known, format_table, save_partial, write_final
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = (ROOT / ".." / "shared" / "data").resolve()
@@ -234,12 +234,21 @@ def launch(spec: dict, folder: Path, threads: int) -> dict:
     return result
 
 
-def references(entry: dict, args, work: Path) -> dict:
-    """The untrained model's and the box-prompted base's scores on the validation cases."""
+def box_reference_at(config, cases: list, labels: list[str], size: int) -> dict:
+    """Per label, the Dice of each case of the base prompted with its ground-truth boxes at
+    input ``size`` (``score_box_reference``; the config's model and pixel mapping)."""
     from ssam.evaluation.box_reference import score_box_reference
-    from ssam.evaluation.evaluate import evaluate, select_split_cases
     from ssam.factory import create_model
     from ssam.inference.predictor import SSAMPredictor
+
+    model = create_model(config.model.model_copy(update={"image_size": size}))
+    predictor = SSAMPredictor(model, intensity=config.datasets[0].intensity)
+    return score_box_reference(predictor, cases, labels)
+
+
+def references(entry: dict, args, work: Path) -> dict:
+    """The untrained model's and the box-prompted base's scores on the validation cases."""
+    from ssam.evaluation.evaluate import evaluate, select_split_cases
 
     config = load_config(entry, base_overrides(args, args.seeds[0]), work / "refs")
     untrained = evaluate(config, None, "val", work / "refs" / "untrained", pictures=False)
@@ -247,9 +256,7 @@ def references(entry: dict, args, work: Path) -> dict:
     labels = list(cases[0].labels)
     out = {"untrained": label_scores(untrained.table), "val_cases": len(cases)}
     for size in sorted({args.image_size, 256}):
-        model = create_model(config.model.model_copy(update={"image_size": size}))
-        predictor = SSAMPredictor(model, intensity=config.datasets[0].intensity)
-        boxes = score_box_reference(predictor, cases, labels)
+        boxes = box_reference_at(config, cases, labels, size)
         out[f"box_{size}"] = {
             k: {"dice": float(np.mean(v)), "dice_sd": float(np.std(v)), "n": len(v)}
             for k, v in boxes.items() if v
@@ -535,14 +542,13 @@ def main(argv: list[str] | None = None) -> dict:
                 picked = pick_lrs(output["datasets"], args)
                 print(f"learning rates picked: {picked}", flush=True)
             output["datasets"][name] = run_dataset(name, args, work, picked)
-            write_results(output, args.out.with_suffix(".partial.json"))  # kept if a later fails
+            save_partial(output, args.out)  # kept if a later dataset fails
         picked = picked or pick_lrs(output["datasets"], args)
     output["picked_lr"] = picked
     output["table"] = summarise(output["datasets"], picked, args)
     output["verdicts"] = verdicts(output["datasets"], output["table"], args.image_size)
     output["seconds"] = time.time() - start
-    write_results(output, args.out)
-    args.out.with_suffix(".partial.json").unlink(missing_ok=True)
+    write_final(output, args.out)
     report(output, args.out)
     return output
 

@@ -23,13 +23,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from compare_methods import DEFAULT_DATA
+from compare_methods import DEFAULT_DATA, box_reference_at
 from measure import describe_machine
 from ssam.config.train import load_train_config
-from ssam.evaluation.box_reference import score_box_reference
 from ssam.evaluation.evaluate import evaluate, select_split_cases
-from ssam.factory import create_model
-from ssam.inference.predictor import SSAMPredictor
 from ssam.train import train
 from summary import RESULTS, write_results
 
@@ -73,9 +70,7 @@ def main() -> None:
     results["val_cases"] = len(cases)
     for size in sorted({args.size, 256}):
         start = time.time()
-        model = create_model(config.model.model_copy(update={"image_size": size}))
-        predictor = SSAMPredictor(model, intensity=config.datasets[0].intensity)
-        dice = score_box_reference(predictor, cases, ["polyp"])["polyp"]
+        dice = box_reference_at(config, cases, ["polyp"], size)["polyp"]
         results[f"box_{size}"] = float(np.mean(dice))
         results[f"box_{size}_seconds"] = round(time.time() - start)
         print(f"box prompt at {size}: Dice {results[f'box_{size}']:.3f}", flush=True)

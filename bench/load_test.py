@@ -6,7 +6,8 @@
     python bench/load_test.py --quick --slow-clients 300   # and 300 half-sent requests
 
 Without ``--url`` the script starts the app on a free loopback port with a tiny random model
-(``--variant vit_b``: ViT-B at 256 with random weights, CPU speed as the real one) or with
+(``--variant vit_b``: ViT-B at 256 with random weights, CPU speed as the real one;
+``--variant litemedsam``: the default base with its real weights, at 256) or with
 ``--adapter``/``--sam-checkpoint``, and stops it at the end. Each client posts the same image
 (Kvasir-SEG from ../shared/data when present, else a synthetic one) with one label at a time,
 cycling through the labels, and every ``--fresh-every``-th request a new random image, so both
@@ -58,7 +59,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--url", default=None, help="a running server on loopback (else one is started)")
     p.add_argument("--labels", default="polyp,lung", help="comma-separated labels to cycle")
     p.add_argument("--fresh-every", type=int, default=4, help="every n-th request a new image")
-    p.add_argument("--variant", default="tiny", choices=["tiny", "vit_b"], help="random model")
+    p.add_argument("--variant", default="tiny", choices=["tiny", "vit_b", "litemedsam"],
+                   help="random model (litemedsam: its real weights)")  # fmt: skip
     p.add_argument("--adapter", type=Path, default=None, help="adapter file (instead of random)")
     p.add_argument("--sam-checkpoint", type=Path, default=None)
     p.add_argument("--clip-checkpoint", type=Path, default=None)
@@ -102,6 +104,10 @@ def random_png(rng: np.random.Generator, shape: tuple[int, int] = (128, 160)) ->
     return buffer.getvalue()
 
 
+def describe_model(variant: str) -> str:
+    return f"{variant}, its own weights" if variant == "litemedsam" else f"random {variant}"
+
+
 def build_predictor(args: argparse.Namespace, folder: Path):
     """The model to serve: an adapter on its base, or random weights (speed only)."""
     from ssam.config.model import ModelConfig
@@ -114,8 +120,10 @@ def build_predictor(args: argparse.Namespace, folder: Path):
     if args.adapter is not None:
         return SSAMPredictor.from_adapter(args.adapter, args.sam_checkpoint, args.clip_checkpoint)
     size = 64 if args.variant == "tiny" else 256
-    sam = build_random_sam(get_sam_spec(args.variant), seed=0)
-    checkpoint = save_state_dict(sam.state_dict(), folder / f"sam_{args.variant}.pth")
+    checkpoint = None  # LiteMedSAM: the package's weights
+    if args.variant != "litemedsam":
+        sam = build_random_sam(get_sam_spec(args.variant), seed=0)
+        checkpoint = save_state_dict(sam.state_dict(), folder / f"sam_{args.variant}.pth")
     config = ModelConfig(
         variant=args.variant,
         image_size=size,
@@ -350,7 +358,7 @@ def run(args: argparse.Namespace) -> dict:
             server = stack.enter_context(BackgroundServer(create_app(predictor, settings)))
             url = server.url
             setup = {
-                "model": str(args.adapter or f"random {args.variant}"),
+                "model": str(args.adapter or describe_model(args.variant)),
                 **settings.model_dump(mode="json"),
             }
         url = check_loopback(url)

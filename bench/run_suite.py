@@ -50,7 +50,14 @@ from measure import (
     time_interleaved,
 )
 from ssam.tuning.adapter import save_adapter
-from summary import check_known, default_output, evaluate_targets, format_report, write_results
+from summary import (
+    check_known,
+    default_output,
+    evaluate_targets,
+    format_report,
+    save_partial,
+    write_final,
+)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -232,11 +239,6 @@ def measure_inference(setup: wl.BenchSetup, args) -> tuple[list[dict], list[dict
 LARGE = 2048  # the large square matmul: this machine's float32 GEMM rate
 
 
-def _save_partial(results: dict, out: Path) -> None:
-    """What is measured so far, next to ``out``: a killed run still leaves its numbers."""
-    write_results(results, out.with_suffix(".partial.json"))
-
-
 def run_suite(args: argparse.Namespace, work_dir: Path) -> dict:
     torch.set_num_threads(args.threads)
     machine = describe_machine(args.threads)
@@ -261,12 +263,12 @@ def run_suite(args: argparse.Namespace, work_dir: Path) -> dict:
         results["first_mask"] = measure_first_mask(setup, args.mask_repeats)
         print("peak RSS (fresh processes) ...", flush=True)
         results["memory"] = measure_memory(setup, args)
-        _save_partial(results, args.out)
+        save_partial(results, args.out)
     print("training steps (interleaved) ...", flush=True)
     results["training"], results["trainable"], results["adapter_bytes"] = measure_training(
         setup, args
     )
-    _save_partial(results, args.out)
+    save_partial(results, args.out)
     print("inference (interleaved) ...", flush=True)
     results["inference"], results["encoder_flops"] = measure_inference(setup, args)
     results["load_average_after"] = describe_machine(args.threads)["load_average"]
@@ -279,8 +281,7 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory(prefix="ssam-bench-") as tmp:
         results = run_suite(args, Path(tmp))
     print(format_report(results))
-    write_results(results, args.out)
-    args.out.with_suffix(".partial.json").unlink(missing_ok=True)
+    write_final(results, args.out)
     print(f"\nwritten {args.out}\ncommand: {results['command']}")
     return results
 

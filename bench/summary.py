@@ -25,6 +25,18 @@ def write_results(results: dict, out: Path) -> Path:
     return out
 
 
+def save_partial(results: dict, out: Path) -> None:
+    """What is measured so far, beside ``out`` (``.partial.json``): a killed run keeps it."""
+    write_results(results, out.with_suffix(".partial.json"))
+
+
+def write_final(results: dict, out: Path) -> Path:
+    """``results`` at ``out``, and the partial file beside it removed."""
+    write_results(results, out)
+    out.with_suffix(".partial.json").unlink(missing_ok=True)
+    return out
+
+
 def check_known(parser: argparse.ArgumentParser, given: Iterable[str], known, what: str) -> None:
     """Stop with a usage error naming the ``given`` names that are not in ``known``."""
     unknown = set(given) - set(known)

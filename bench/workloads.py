@@ -121,7 +121,9 @@ def build_plain_sam(setup: BenchSetup, checkpoint: str | None = None, stock: boo
     merged checkpoint works too); ``stock``: SAM's own window (``STOCK``), else the S-SAM
     model's layout (``SAME_LAYOUT``)."""
     spec = get_sam_spec(setup.variant)
-    sam = build_sam(spec, setup.image_size, spec.encoder.window_size if stock else None)
+    # TinyViT's windows do not depend on S: its stock build is the same layout.
+    window = getattr(spec.encoder, "window_size", None) if stock else None
+    sam = build_sam(spec, setup.image_size, window)
     load_sam_weights(sam, checkpoint or setup.checkpoint, spec)
     text_dim = get_text_spec(TEXT_ENCODER).embed_dim
     model = SSAM(

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
@@ -140,3 +141,91 @@ def test_backends_quick_times_every_backend_against_the_floor(bench_modules, tmp
     floor = results["floor"]
     assert floor["encoder_flops"] > 0 and set(floor["matmul_gflops"]) == {"1", "2"}
     assert "of floor" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_train_cpu_quick_breaks_each_step_down_against_the_floor(bench_modules, tmp_path, capsys):
+    import train_cpu
+
+    out = tmp_path / "train_cpu.json"
+    train_cpu.main(["--quick", "--threads", "1", "--passes", "1", "--out", str(out)])
+    results = json.loads(out.read_text())
+    assert results["command"].startswith("python bench/train_cpu.py --quick --threads 1 --passes")
+    runs = {r["method"]: r for r in results["runs"]}
+    assert set(runs) == {"ssam", "full"}
+    assert all(r["micro_batch"] == 1 and r["batch"] == 2 for r in runs.values())
+    for run in runs.values():  # each in a fresh interpreter with the real-size text tower
+        parts = run["parts_per_image"]
+        assert run["seconds_per_image"] >= parts["forward"] > 0 and parts["backward"] > 0
+        assert run["forward_gflop_per_image"] > 0 and run["backward_gflop_per_image"] > 0
+        assert run["floor_ratio"] > 1 and run["peak_rss_mib"] > 500
+    assert runs["ssam"]["parts_per_image"]["svd_weights"] > 0
+    assert runs["full"]["parts_per_image"]["svd_weights"] == 0
+    assert runs["ssam"]["trainable"] < runs["full"]["trainable"]
+    full = runs["full"]  # every weight's gradient: the backward costs about two forwards
+    assert 1.5 < full["backward_gflop_per_image"] / full["forward_gflop_per_image"] < 2.5
+    assert runs["ssam"]["profile"] and all(row["self_ms"] >= 0 for row in runs["ssam"]["profile"])
+    assert "| tiny | 64 | ssam |" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_stock_baseline_of_a_tinyvit_base_is_its_own_layout(bench_modules, tmp_path):
+    import workloads
+
+    base = workloads.write_random_checkpoint("litemedsam", tmp_path)
+    clip = workloads.write_random_clip(tmp_path)
+    setup = workloads.BenchSetup("litemedsam", 64, str(base), str(tmp_path), 1, str(tmp_path),
+                                 str(clip))  # fmt: skip
+    stock = workloads.build_plain_sam(setup, stock=True).image_encoder
+    same = workloads.build_plain_sam(setup).image_encoder
+    assert repr(stock) == repr(same)
+    assert all(torch.equal(a, b) for a, b in zip(stock.state_dict().values(),
+                                                  same.state_dict().values(), strict=True))  # fmt: skip
+
+
+@pytest.mark.slow
+def test_input_size_quick_runs_one_recipe_per_size(bench_modules, tmp_path, shared_data):
+    import input_size
+
+    out = tmp_path / "sizes.json"
+    results = input_size.main(["--quick", "--threads", "1", "--out", str(out),
+                               "--data-root", str(shared_data)])  # fmt: skip
+    assert json.loads(out.read_text())["rows"] == results["rows"]
+    assert [r["size"] for r in results["rows"]] == [64, 48]
+    for row in results["rows"]:
+        assert row["label"] == "gland" and 0 <= row["ssam_dice"] <= 1
+        assert 0.5 < row["box_dice"] <= 1 and row["seconds_per_image"] > 0
+    for size in ("64", "48"):
+        settings = results["sizes"][size]["settings"]
+        assert settings["image_size"] == int(size) and settings["methods"] == ["ssam"]
+
+
+@pytest.mark.slow
+def test_afternoon_quick_times_ssam_train_as_a_user_runs_it(bench_modules, tmp_path, shared_data):
+    import afternoon
+
+    out = tmp_path / "afternoon.json"
+    data = shared_data / "kvasir-seg"
+    results = afternoon.main(["--quick", "--threads", "1", "--data", str(data), "--out", str(out)])
+    assert json.loads(out.read_text())["wall_seconds"] == results["wall_seconds"]
+    assert results["train_command"].startswith("ssam train --data ")
+    assert results["train_cases"] + results["val_cases"] == 20
+    assert len(results["epoch_seconds"]) == 1 and results["epoch_seconds"][0] > 0
+    assert results["wall_seconds"] > sum(results["epoch_seconds"])
+    assert results["peak_rss_mib"] > 500 and 0 <= results["scores"]["polyp"]["dice"] <= 1
+
+
+def test_flop_counter_counts_a_depthwise_backward_as_two_forwards(bench_modules):
+    """torch's own formula takes a grouped convolution's weight gradient for a dense one
+    (257x the forward for 256 depthwise channels); the bench's counter divides it by groups."""
+    from measure import count_flops, flop_counter
+
+    for groups in (1, 64):
+        conv = torch.nn.Conv2d(64, 64, 3, padding=1, groups=groups, bias=False)
+        x = torch.randn(2, 64, 16, 16, requires_grad=True)
+        forward = count_flops(lambda conv=conv, x=x: conv(x))
+        assert forward == 2 * 2 * 16 * 16 * 64 * (64 // groups) * 9
+        y = conv(x)
+        with flop_counter() as counter:
+            y.sum().backward()
+        assert counter.get_total_flops() == 2 * forward

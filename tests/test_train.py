@@ -355,7 +355,7 @@ def test_auto_passes_fit_the_memory_budget():
 
 def test_default_training_on_litemedsam_plans_passes(tmp_path, kvasir_small):
     """`ssam train --data ... --label polyp` and nothing else: LiteMedSAM, 256, batch 32, in
-    passes that fit the machine (here: stopped after one step of 2 images to stay quick)."""
+    passes that fit the machine and, on a CPU, run fastest (the plan only, no step)."""
     from ssam.train.loop import choose_micro_batch
 
     config = load_train_config(
@@ -369,4 +369,47 @@ def test_default_training_on_litemedsam_plans_passes(tmp_path, kvasir_small):
     chosen, line = choose_micro_batch(config, torch.device("cpu"))
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     assert chosen * 41_000 * 256**2 <= max(memory / 4, 41_000 * 256**2)
-    assert line.startswith(f"batch 32 in passes of {chosen} images") and "auto:" in line
+    assert chosen == 1  # a CPU: one 256 x 256 image per pass is the fastest
+    assert line.startswith("batch 32 in passes of 1 image, gradients") and "auto:" in line
+
+
+def test_auto_passes_on_a_cpu_stay_at_tinyvits_fastest_size(kvasir_small):
+    """TinyViT's full-resolution stage runs slower per image in larger passes on a CPU: auto
+    keeps passes to ``cpu_pass_pixels`` (2 images at 128 px, 1 from 160 px up), while
+    a set size, and ViT bases, are left as they were."""
+    from ssam.sam.families import get_family
+    from ssam.train.loop import choose_micro_batch
+
+    entry = {"path": str(kvasir_small), "layout": "folder", "label": "polyp"}
+    cpu = torch.device("cpu")
+
+    def passes(variant: str, size: int, micro="auto") -> tuple[int, str]:
+        overrides = [f"model.variant={variant}", f"model.image_size={size}", "batch_size=8",
+                     f"micro_batch_size={micro}"]  # fmt: skip
+        return choose_micro_batch(load_train_config(None, overrides, datasets=[entry]), cpu)
+
+    assert get_family("litemedsam").cpu_pass_pixels == 32_768
+    assert [passes("litemedsam", s)[0] for s in (64, 128, 160, 192, 256)] == [8, 2, 1, 1, 1]
+    chosen, line = passes("litemedsam", 128)
+    assert line.startswith("batch 8 in passes of 2 images") and "on a CPU at most 32768" in line
+    assert passes("litemedsam", 128, 4) == (4, "batch 8 in passes of 4 images, gradients as "
+                                                "one batch (as set)")  # fmt: skip
+    assert passes("tiny", 256) == (8, "")
+
+
+def test_training_above_the_cpu_size_on_a_cpu_says_which_size_to_use(kvasir_small):
+    from ssam.train.loop import cpu_size_advice
+
+    entry = {"path": str(kvasir_small), "layout": "folder", "label": "polyp"}
+
+    def advice(*overrides: str, device: str = "cpu") -> str:
+        config = load_train_config(None, list(overrides), datasets=[entry])
+        return cpu_size_advice(config, torch.device(device))
+
+    line = advice()  # the default: LiteMedSAM at 256
+    assert line.startswith("training at 256 px on a CPU: 160 px is this base's CPU size")
+    assert line.endswith("--set model.image_size=160 to use it")
+    assert advice("model.image_size=160") == advice("model.image_size=128") == ""
+    assert advice("model.method=decoder") == ""  # the encoder runs once per image
+    assert advice("model.variant=tiny") == ""
+    assert advice(device="meta") == ""  # not a CPU

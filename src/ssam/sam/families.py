@@ -22,7 +22,16 @@ TinyViT lives here, so no code asks which variant it holds:
 * ``train_bytes_per_pixel``: activation memory of a training pass (S-SAM, float32) per input
   pixel, measured: what ``micro_batch_size: auto`` plans with; ``checkpointed_bytes_per_pixel``
   the same with activation checkpointing of the encoder's early stages (None: the family's
-  encoder offers none).
+  encoder offers none);
+* ``cpu_pass_pixels``: on a CPU, the most input pixels per training pass that still run fastest
+  (None: no limit beyond memory). Passes through TinyViT's full-resolution stage slow down per
+  image as they grow (its tensors outgrow the caches): fwd+bwd per image on two cores, passes of
+  1/2/4 images, 0.83/0.79/1.01 s at 128 px (3 images: 1.08 against 2's 0.96 in another run),
+  1.20/1.07/1.61 s at 160, 1.60/2.09 s (1/2) at 192, 2.87/4.35/8.27 s at 256;
+* ``cpu_image_size``: the input size to train at on a CPU (None: no advice). TinyViT: 160 px,
+  from bench/input_size.py (S-SAM on Kvasir-SEG, the same 20 steps at each size, two cores:
+  Dice 0.350 / 0.427 / 0.448 / 0.398 at 256 / 192 / 160 / 128 px, 3.66 / 2.15 / 1.25 / 1.16 s
+  per training image); ``ssam train`` says so above it.
 """
 
 from __future__ import annotations
@@ -58,6 +67,8 @@ class EncoderFamily:
     spec_signature: Callable[[SamSpec], tuple]
     train_bytes_per_pixel: float
     checkpointed_bytes_per_pixel: float | None = None
+    cpu_pass_pixels: int | None = None
+    cpu_image_size: int | None = None
     prepare_inference: Callable[[nn.Module], None] = lambda encoder: None
 
     def grid(self, spec: SamSpec, image_size: int) -> int:
@@ -143,6 +154,8 @@ TINY_VIT = EncoderFamily(
     # stages 0-1 checkpointed (TinyViT.checkpoint_stages(2)) 1.5 GiB.
     train_bytes_per_pixel=41_000,
     checkpointed_bytes_per_pixel=25_000,
+    cpu_pass_pixels=2 * 128 * 128,  # 2 images at 128 px, 1 from 160 px up
+    cpu_image_size=160,
     prepare_inference=prepare_inference,
 )
 

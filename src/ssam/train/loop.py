@@ -170,6 +170,9 @@ class _Run:
         self.micro_batch, micro_line = choose_micro_batch(config, self.accelerator.device)
         if self.main and micro_line:
             print(micro_line, file=sys.stderr)
+        advice = cpu_size_advice(config, self.accelerator.device)
+        if self.main and advice:
+            print(advice, file=sys.stderr)
         self.progress = Progress()
         self.announce_splits()
         if resume:
@@ -483,7 +486,8 @@ def choose_micro_batch(config: TrainConfig, device: torch.device) -> tuple[int, 
 
     ``auto``: the most whose activations fit a budget of a quarter of this machine's memory
     (half a GPU's), shared by the processes of one launch on it; the encoder family's
-    measured ``train_bytes_per_pixel`` sizes an image.
+    measured ``train_bytes_per_pixel`` sizes an image. On a CPU, no more than the family's
+    ``cpu_pass_pixels`` either (TinyViT: larger passes take longer per image).
     """
     batch = config.batch_size
     if config.micro_batch_size != "auto":
@@ -501,15 +505,31 @@ def choose_micro_batch(config: TrainConfig, device: torch.device) -> tuple[int, 
         per_pixel = family.train_bytes_per_pixel
         if config.activation_checkpointing:
             per_pixel = family.checkpointed_bytes_per_pixel
-        chosen = plan_micro_batch(batch, config.model.image_size, per_pixel, budget)
-        per_image = per_pixel * config.model.image_size**2 / 2**30
-        why = (
-            f"auto: ~{per_image:.2f} GiB of activations per image, budget {budget / 2**30:.1f} GiB"
-        )
+        size = config.model.image_size
+        chosen = plan_micro_batch(batch, size, per_pixel, budget)
+        why = f"auto: ~{per_pixel * size**2 / 2**30:.2f} GiB of activations per image, budget "
+        why += f"{budget / 2**30:.1f} GiB"
+        fastest = family.cpu_pass_pixels if device.type == "cpu" else None
+        if fastest and chosen > max(1, fastest // size**2):
+            chosen = max(1, fastest // size**2)
+            why += f"; on a CPU at most {fastest} pixels a pass, the fastest"
     if chosen >= batch:
         return batch, ""
-    line = f"batch {batch} in passes of {chosen} images, gradients as one batch ({why})"
+    images = "1 image" if chosen == 1 else f"{chosen} images"
+    line = f"batch {batch} in passes of {images}, gradients as one batch ({why})"
     return chosen, line
+
+
+def cpu_size_advice(config: TrainConfig, device: torch.device) -> str:
+    """A line when a CPU trains the encoder above its family's ``cpu_image_size``, else ""."""
+    size, best = config.model.image_size, get_family(config.model.variant).cpu_image_size
+    if device.type != "cpu" or best is None or size <= best or config.embeddings_cached:
+        return ""
+    return (
+        f"training at {size} px on a CPU: {best} px is this base's CPU size, a fraction of the "
+        f"time per image for no lower Dice in bench/input_size.py (README: 'LiteMedSAM on a "
+        f"CPU'); --set model.image_size={best} to use it"
+    )
 
 
 def train(config: TrainConfig, resume: bool = False) -> TrainResult:
