@@ -26,7 +26,7 @@ from pathlib import Path
 
 from compare_methods import DEFAULT_DATA, link_subset
 from measure import describe_machine
-from summary import RESULTS, write_results
+from summary import RESULTS, command_line, write_results
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -105,8 +105,7 @@ def score(run_dir: Path, work: Path) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     results: dict = {
-        "command": "python bench/afternoon.py "
-        + shlex.join(sys.argv[1:] if argv is None else argv),
+        "command": command_line("afternoon.py", argv),
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
         "machine": describe_machine(args.threads),
         "recipe": {k: v for k, v in vars(args).items() if k not in ("out", "data", "quick")},

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import subprocess
 import sys
 import tempfile
@@ -39,7 +38,14 @@ from pathlib import Path
 import numpy as np
 
 from measure import describe_machine
-from summary import RESULTS, check_known, format_table, save_partial, write_final
+from summary import (
+    RESULTS,
+    check_known,
+    command_line,
+    format_table,
+    save_partial,
+    write_final,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = (ROOT / ".." / "shared" / "data").resolve()
@@ -529,7 +535,7 @@ def main(argv: list[str] | None = None) -> dict:
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     settings["grid"] = {m: list(v) for m, v in args.grid.items()}
     output: dict = {
-        "command": "python bench/compare_methods.py " + shlex.join(sys.argv[1:] if argv is None else argv),
+        "command": command_line("compare_methods.py", argv),
         "machine": describe_machine(args.threads), "settings": settings, "datasets": {},
     }  # fmt: skip
     start = time.time()

@@ -14,15 +14,13 @@ command and the machine, and prints a Markdown table.
 from __future__ import annotations
 
 import argparse
-import shlex
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import compare_methods
 from measure import describe_machine
-from summary import RESULTS, save_partial, write_final
+from summary import RESULTS, command_line, save_partial, write_final
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -82,8 +80,7 @@ def markdown(rows: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     results: dict = {
-        "command": "python bench/input_size.py "
-        + shlex.join(sys.argv[1:] if argv is None else argv),
+        "command": command_line("input_size.py", argv),
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
         "machine": describe_machine(args.threads),
         "recipe": {

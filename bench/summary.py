@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
+import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,12 @@ def write_results(results: dict, out: Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=1) + "\n")
     return out
+
+
+def command_line(script: str, argv: list[str] | None) -> str:
+    """How a bench script was run: ``python bench/<script>`` and its arguments (``argv``, or
+    this process's when None), for the results' ``command``."""
+    return shlex.join(["python", f"bench/{script}", *(sys.argv[1:] if argv is None else argv)])
 
 
 def save_partial(results: dict, out: Path) -> None:

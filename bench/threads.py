@@ -12,7 +12,6 @@ table and writes ``bench/results/threads_<variant>_<size>.json`` (or ``--out``).
 from __future__ import annotations
 
 import argparse
-import shlex
 import statistics
 import subprocess
 import sys
@@ -24,7 +23,7 @@ import torch
 
 from measure import describe_machine, time_interleaved
 from ssam.threads import choose_threads, measure_busy_cpus
-from summary import RESULTS, format_table, write_results
+from summary import RESULTS, command_line, format_table, write_results
 from workloads import (
     BenchSetup,
     build_inference_model,
@@ -96,8 +95,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"image encoder, {variant} at {size}, batch 1 (medians of {args.rounds} rounds)")
     print(format_table(headers, rows))
     result = {
-        "command": "python bench/threads.py "
-        + shlex.join(argv if argv is not None else sys.argv[1:]),
+        "command": command_line("threads.py", argv),
         "machine": describe_machine(torch.get_num_threads()),
         "phases": phases,
     }

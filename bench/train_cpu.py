@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import shlex
 import statistics
 import sys
 import tempfile
@@ -52,7 +51,7 @@ from measure import (
     peak_rss_mib,
     run_fresh,
 )
-from summary import RESULTS, save_partial, write_final
+from summary import RESULTS, command_line, save_partial, write_final
 
 LARGE = 2048  # the matmul whose rate is the floor
 
@@ -288,8 +287,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(format_table(results))
         return results
     results: dict = {
-        "command": "python bench/train_cpu.py "
-        + shlex.join(sys.argv[1:] if argv is None else argv),
+        "command": command_line("train_cpu.py", argv),
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
         "machine": describe_machine(args.threads),
         "runs": [],

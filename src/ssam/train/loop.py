@@ -510,8 +510,8 @@ def choose_micro_batch(config: TrainConfig, device: torch.device) -> tuple[int, 
         why = f"auto: ~{per_pixel * size**2 / 2**30:.2f} GiB of activations per image, budget "
         why += f"{budget / 2**30:.1f} GiB"
         fastest = family.cpu_pass_pixels if device.type == "cpu" else None
-        if fastest and chosen > max(1, fastest // size**2):
-            chosen = max(1, fastest // size**2)
+        if fastest and chosen > (cap := max(1, fastest // size**2)):
+            chosen = cap
             why += f"; on a CPU at most {fastest} pixels a pass, the fastest"
     if chosen >= batch:
         return batch, ""
