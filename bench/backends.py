@@ -9,7 +9,9 @@ Speed (default): ViT-B at 256 (``--variant``, ``--size``: e.g. litemedsam), seed
 in the official layout, an adapter whose trainable tensors all moved a little, the tiny text
 tower (speed does not depend on values). "torch" is the predictor as it runs (the encoder's
 inference speed-ups applied: TinyViT's BatchNorms folded, channels-last convolutions),
-"torch-plain" the same model without them.
+"torch-plain" the same model without them, "torch-compile" the same with the adapter merged and
+the encoder compiled by TorchInductor (its compile seconds reported, the thread counts' compiles
+in the warm-up round).
 Time per image of ``SSAMPredictor.predict_logits`` (encoder once per batch, decoder once per
 image for one label) for each backend at batch 1 and 8, at 1 and 2 threads, interleaved
 (``measure.time_interleaved``); medians, and per backend the median of the per-round ratios to
@@ -17,7 +19,8 @@ torch at the same batch and threads ("paired"). The float32 floor: the model's F
 (``measure.count_flops``, encoder + decoder) over a 2048^3 float32 matmul's GFLOP/s at the
 same thread count, timed in the same interleaved rounds (so under the same load), i.e. the
 time if every operation ran at the speed of the best-tuned float32 kernel; below 1.0 in "of
-floor" means beating it. ``--quick``: tiny SAM at 64 (a smoke test). Writes
+floor" means beating it. ``--profile`` adds the top operators of one image through torch and
+torch-compile at 2 threads. ``--quick``: tiny SAM at 64 (a smoke test). Writes
 ``bench/results/backends_<variant>_<size>.json`` (or ``--out``).
 
 Dice (``--adapter``): ``ssam.evaluation.evaluate.evaluate`` on the same cases with each
@@ -28,19 +31,17 @@ only if no label's mean Dice drops by more than ``INT8_MAX_DICE_DROP`` (absolute
 from __future__ import annotations
 
 import argparse
-import shlex
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from measure import count_flops, describe_machine, time_interleaved
+from measure import count_flops, describe_machine, time_interleaved, top_operators
 from ssam.inference.backends import BACKENDS, OnnxRuntimeModel, use_backend
 from ssam.inference.predictor import SSAMPredictor
-from summary import RESULTS, format_table, write_results
+from summary import RESULTS, command_line, format_table, write_results
 from workloads import write_moved_adapter
 
 INT8_MAX_DICE_DROP = 0.01
@@ -49,32 +50,36 @@ THREADS = (1, 2)
 MATMUL = 2048  # the floor's float32 matmul: MATMUL^3, about 17 GFLOP
 
 
-def build_predictor(
-    variant: str, size: int, folder: Path
-) -> tuple[SSAMPredictor, SSAMPredictor, Path]:
-    """A predictor over a random base + an adapter with every trainable tensor moved a little
-    (so merging changes weights), the same without the encoder's inference speed-ups
-    ("torch-plain"), and the adapter's path (the export is keyed by it)."""
+def build_predictors(variant: str, size: int, folder: Path) -> tuple[dict, Path]:
+    """Predictors over a random base + an adapter with every trainable tensor moved a little
+    (so merging changes weights), by row name: "torch" (the ONNX backends swap its runtime),
+    "torch-plain" (without the encoder's inference speed-ups), "torch-compile"; and the
+    adapter's path (the export is keyed by it)."""
     base, adapter = write_moved_adapter(variant, size, folder, ["polyp"])
-    plain = SSAMPredictor.from_adapter(adapter, base, prepare_encoder=False)
-    return SSAMPredictor.from_adapter(adapter, base), plain, adapter
+    reference = SSAMPredictor.from_adapter(adapter, base)
+    predictors = {b: reference for b in BACKENDS}
+    predictors["torch-compile"] = SSAMPredictor.from_adapter(adapter, base)
+    predictors["torch-plain"] = SSAMPredictor.from_adapter(adapter, base, prepare_encoder=False)
+    return predictors, adapter
 
 
-def prepare_runtimes(predictor: SSAMPredictor, adapter: Path) -> tuple[dict, dict]:
-    """Sessions per (backend, threads) (torch: None), and each export's first-use seconds."""
+def prepare_runtimes(predictors: dict, adapter: Path) -> tuple[dict, dict]:
+    """Sessions per (backend, threads) (torch rows: None), and each backend's first-use
+    seconds: the ONNX exports, the compile at the current thread count."""
     runtimes: dict[tuple[str, int], OnnxRuntimeModel | None] = {}
-    export_s = {}
-    for backend in BACKENDS:
-        if backend == "torch":
-            runtimes.update({(backend, t): None for t in THREADS})
+    first_use_s = {}
+    for backend, predictor in predictors.items():
+        runtimes.update({(backend, t): None for t in THREADS})
+        if backend in ("torch", "torch-plain"):
             continue
         start = time.perf_counter()
         use_backend(predictor, backend, adapter)
-        export_s[backend] = time.perf_counter() - start
-        folder = predictor.runtime.folder
-        runtimes.update({(backend, t): OnnxRuntimeModel(folder, threads=t) for t in THREADS})
-    predictor.runtime = None
-    return runtimes, export_s
+        first_use_s[backend] = time.perf_counter() - start
+        if predictor.runtime is not None:
+            folder = predictor.runtime.folder
+            runtimes.update({(backend, t): OnnxRuntimeModel(folder, threads=t) for t in THREADS})
+            predictor.runtime = None
+    return runtimes, first_use_s
 
 
 def count_model_flops(predictor: SSAMPredictor) -> dict:
@@ -87,6 +92,17 @@ def count_model_flops(predictor: SSAMPredictor) -> dict:
         encoder = count_flops(lambda: predictor.encode(image))
         decoder = count_flops(lambda: predictor.decode_logits(embedding, tokens))
     return {"encoder_flops": encoder, "decoder_flops": decoder}
+
+
+def profile_torch(predictors: dict) -> dict:
+    """Top operators of one image's ``predict_logits`` at 2 threads, eager and compiled."""
+    torch.set_num_threads(2)
+    out = {}
+    for backend in ("torch", "torch-compile"):
+        step = make_step(predictors[backend], None, 1, 2)
+        step()  # warm
+        out[backend] = top_operators(step)
+    return out
 
 
 def make_step(predictor, runtime, batch: int, threads: int):
@@ -114,7 +130,7 @@ def make_matmul(threads: int):
     return step
 
 
-def measure_speed(predictor, plain, runtimes, flops: dict, rounds: int) -> tuple[list[dict], dict]:
+def measure_speed(predictors: dict, runtimes, flops: dict, rounds: int) -> tuple[list[dict], dict]:
     """Rows per (backend, batch, threads): median ms per image, paired ratio to torch, and the
     ratio to the float32 floor; the floor's matmul runs in the same interleaved rounds, so it
     is measured under the same load. Also returns the matmul GFLOP/s per thread count."""
@@ -122,11 +138,8 @@ def measure_speed(predictor, plain, runtimes, flops: dict, rounds: int) -> tuple
         f"{b}|{n}|{t}": make_step(predictor, runtimes[(b, t)], n, t)
         for n in BATCHES
         for t in THREADS
-        for b in BACKENDS
+        for b, predictor in predictors.items()
     }
-    names.update(
-        {f"torch-plain|{n}|{t}": make_step(plain, None, n, t) for n in BATCHES for t in THREADS}
-    )
     names.update({f"matmul|{t}": make_matmul(t) for t in THREADS})
     times = time_interleaved(names, rounds, warmup=1)
     gflops = {
@@ -156,13 +169,14 @@ def measure_speed(predictor, plain, runtimes, flops: dict, rounds: int) -> tuple
     return rows, gflops
 
 
-def run_speed(args: argparse.Namespace, argv: list[str]) -> dict:
+def run_speed(args: argparse.Namespace) -> dict:
     variant, size = ("tiny", 64) if args.quick else (args.variant, args.size)
     with tempfile.TemporaryDirectory() as work:
-        predictor, plain, adapter = build_predictor(variant, size, Path(work))
-        runtimes, export_s = prepare_runtimes(predictor, adapter)
-        floor = count_model_flops(plain)
-        rows, floor["matmul_gflops"] = measure_speed(predictor, plain, runtimes, floor, args.rounds)
+        predictors, adapter = build_predictors(variant, size, Path(work))
+        runtimes, first_use_s = prepare_runtimes(predictors, adapter)
+        floor = count_model_flops(predictors["torch-plain"])
+        rows, floor["matmul_gflops"] = measure_speed(predictors, runtimes, floor, args.rounds)
+        profiles = profile_torch(predictors) if args.profile else None
     table = [
         [
             r["backend"],
@@ -182,14 +196,15 @@ def run_speed(args: argparse.Namespace, argv: list[str]) -> dict:
     print(format_table(headers, table))
     rates = ", ".join(f"{t} thread(s) {g:.0f}" for t, g in floor["matmul_gflops"].items())
     print(f"float32 floor: {MATMUL}^3 matmul GFLOP/s, {rates}")
-    print("first-use export: " + ", ".join(f"{k} {v:.1f} s" for k, v in export_s.items()))
+    print("first use: " + ", ".join(f"{k} {v:.1f} s" for k, v in first_use_s.items()))
     return {
         "variant": variant,
         "image_size": size,
         "rounds": args.rounds,
         "floor": floor,
-        "export_s": export_s,
+        "first_use_s": first_use_s,
         "rows": rows,
+        **({"profile": profiles} if profiles else {}),
         "default_out": RESULTS / f"backends_{variant}_{size}.json",
     }
 
@@ -262,18 +277,18 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--variant", default="vit_b", help="base variant (speed runs)")
     parser.add_argument("--size", type=int, default=256, help="input size (speed runs)")
     parser.add_argument("--out", type=Path, default=None, help="JSON file to write")
+    parser.add_argument("--profile", action="store_true", help="top operators, one image")
     parser.add_argument("--adapter", type=Path, help="measure Dice per backend instead")
     parser.add_argument("--config", type=Path, help="training config naming the data")
     parser.add_argument("--data", type=Path, help="one dataset folder instead of --config")
     parser.add_argument("--label", help="the label of a folder dataset")
     parser.add_argument("--split", default="val")
     args = parser.parse_args(argv)
-    argv = argv if argv is not None else sys.argv[1:]
-    result = run_dice(args) if args.adapter else run_speed(args, argv)
+    result = run_dice(args) if args.adapter else run_speed(args)
     out = args.out or result.pop("default_out")
     result.pop("default_out", None)
     result = {
-        "command": "python bench/backends.py " + shlex.join(argv),
+        "command": command_line("backends.py", argv),
         "machine": describe_machine(torch.get_num_threads()),
         **result,
     }

@@ -424,7 +424,8 @@ def markdown_table(output: dict) -> str:
     trainable parameters, seconds per epoch and peak RSS per method."""
     methods = list(output["settings"]["methods"])
     size = output["settings"]["image_size"]
-    head = ["dataset / label", "untrained", f"GT box {size} px", "GT box 256 px", *methods]
+    boxes = sorted({size, 256})  # the box at the run's size, and at the base's own
+    head = ["dataset / label", "untrained", *(f"GT box {b} px" for b in boxes), *methods]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, rows in output["table"].items():
         refs = output["datasets"][name]["references"]
@@ -432,8 +433,7 @@ def markdown_table(output: dict) -> str:
             cells = [
                 f"{name} / {label}",
                 _ref(refs, "untrained", label),
-                _ref(refs, f"box_{size}", label),
-                _ref(refs, "box_256", label),
+                *(_ref(refs, f"box_{b}", label) for b in boxes),
             ]
             scores = {m: rows[m]["labels"][label]["dice"] for m in methods}
             best = max((v for v in scores.values() if v is not None), default=None)
@@ -443,19 +443,20 @@ def markdown_table(output: dict) -> str:
                 cells.append(f"**{text}**" if best and s["dice"] == best else text)
             lines.append("| " + " | ".join(cells) + " |")
     first = output["table"][next(iter(output["table"]))]
+    gap = "| " * (2 + len(boxes))  # the reference columns stay empty
     lines.append(
-        "| trainable parameters | | | | "
+        f"| trainable parameters {gap}"
         + " | ".join(f"{first[m]['trainable']:,}" for m in methods)
         + " |"
     )
     lines.append(
-        "| learning rate (picked) | | | | "
+        f"| learning rate (picked) {gap}"
         + " | ".join(f"{output['picked_lr'][m]:g}" for m in methods)
         + " |"
     )
     for name, rows in output["table"].items():
         lines.append(
-            f"| s / epoch, peak RSS GiB: {name} | | | | "
+            f"| s / epoch, peak RSS GiB: {name} {gap}"
             + " | ".join(
                 f"{rows[m]['seconds_per_epoch']:.0f}, {rows[m]['peak_rss_mib'] / 1024:.1f}"
                 for m in methods

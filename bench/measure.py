@@ -106,6 +106,23 @@ def measure_matmul_gflops(m: int, k: int, n: int, rounds: int) -> list[float]:
     return rates
 
 
+def top_operators(fn: Callable[[], Any], top: int = 12) -> list[dict]:
+    """The operators of one ``fn()`` call by self CPU time, grouped by input shape: each with
+    its shapes, calls, self milliseconds and share of the total."""
+    from torch.profiler import profile
+
+    with profile(record_shapes=True) as prof:
+        fn()
+    events = prof.key_averages(group_by_input_shape=True)
+    total = sum(e.self_cpu_time_total for e in events)
+    rows = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:top]
+    return [
+        {"op": e.key, "shapes": str(e.input_shapes)[:120], "calls": e.count,
+         "self_ms": e.self_cpu_time_total / 1e3, "share": e.self_cpu_time_total / total}
+        for e in rows
+    ]  # fmt: skip
+
+
 def peak_rss_mib() -> float:
     """Peak resident set size of this process so far, MiB (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

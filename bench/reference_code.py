@@ -57,7 +57,6 @@ import gc
 import importlib.util
 import io
 import os
-import shlex
 import statistics
 import subprocess
 import sys
@@ -75,7 +74,7 @@ from torch import nn
 
 import workloads as wl
 from measure import count_flops, describe_machine, summarise, time_interleaved
-from summary import RESULTS, format_table, write_results
+from summary import RESULTS, command_line, format_table, write_results
 
 VARIANT, IMAGE_SIZE = "vit_b", 256  # the reference's S-SAM: ViT-B ("base") at 256 only
 REFERENCE_URL = "https://github.com/JayParanjape/SVDSAM"
@@ -474,7 +473,7 @@ def _commit(checkout: Path) -> str | None:
     return done.stdout.strip() or None
 
 
-def run(args: argparse.Namespace, work_dir: Path) -> dict:
+def run(args: argparse.Namespace, work_dir: Path, argv: list[str] | None = None) -> dict:
     torch.set_num_threads(args.threads)
     machine = describe_machine(args.threads)
     ref, ref_utils, einops = import_reference(args.reference)
@@ -493,7 +492,7 @@ def run(args: argparse.Namespace, work_dir: Path) -> dict:
         clip_checkpoint=str(wl.write_random_clip(work_dir)),
     )
     results: dict = {
-        "command": "python bench/reference_code.py " + shlex.join(sys.argv[1:]),
+        "command": command_line("reference_code.py", argv),
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "machine": machine,
@@ -526,7 +525,7 @@ def run(args: argparse.Namespace, work_dir: Path) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="ssam-reference-") as tmp:
-        results = run(args, Path(tmp))
+        results = run(args, Path(tmp), argv)
     print(format_report(results))
     write_results(results, args.out)
     print(f"\nwritten {args.out}\ncommand: {results['command']}")

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import gc
 import os
-import shlex
 import statistics
 import subprocess
 import sys
@@ -52,6 +51,7 @@ from measure import (
 from ssam.tuning.adapter import save_adapter
 from summary import (
     check_known,
+    command_line,
     default_output,
     evaluate_targets,
     format_report,
@@ -239,7 +239,7 @@ def measure_inference(setup: wl.BenchSetup, args) -> tuple[list[dict], list[dict
 LARGE = 2048  # the large square matmul: this machine's float32 GEMM rate
 
 
-def run_suite(args: argparse.Namespace, work_dir: Path) -> dict:
+def run_suite(args: argparse.Namespace, work_dir: Path, argv: list[str] | None = None) -> dict:
     torch.set_num_threads(args.threads)
     machine = describe_machine(args.threads)
     cache = work_dir / "cache"
@@ -251,7 +251,7 @@ def run_suite(args: argparse.Namespace, work_dir: Path) -> dict:
         str(clip),
     )  # fmt: skip
     results: dict = {
-        "command": "python bench/run_suite.py " + shlex.join(sys.argv[1:]),
+        "command": command_line("run_suite.py", argv),
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "machine": machine,
@@ -279,7 +279,7 @@ def run_suite(args: argparse.Namespace, work_dir: Path) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="ssam-bench-") as tmp:
-        results = run_suite(args, Path(tmp))
+        results = run_suite(args, Path(tmp), argv)
     print(format_report(results))
     write_final(results, args.out)
     print(f"\nwritten {args.out}\ncommand: {results['command']}")

@@ -5,6 +5,7 @@ time from starting ``ssam predict`` to its first mask on the default base.
     python bench/train_cpu.py                  # LiteMedSAM 256/192/160/128, ViT-B 256: ~20 min
     python bench/train_cpu.py --quick          # tiny SAM at 64, batch 2: a smoke run (tests)
     python bench/train_cpu.py --report bench/results/train_cpu.json   # its table again
+    python bench/train_cpu.py --compile --sizes 256 --out bench/results/train_cpu_compile.json
 
 Every run (variant, size, method, activation checkpointing) is a fresh interpreter, as a user's
 ``ssam train`` starts: imports, the base (LiteMedSAM: the package's real weights; ViT-B: seeded
@@ -23,7 +24,11 @@ loss + backward per micro-batch, one AdamW step. Reported per image:
   in the same process; ``floor_ratio`` = seconds per image / floor: no float32 implementation
   of the same computation goes below 1;
 * peak RSS of the process (``ru_maxrss``), so the imports and the text tower count;
-* with ``--profile``: the top operators of one micro-batch by self CPU time, with their shapes.
+* with ``--profile``: the top operators of one micro-batch by self CPU time, with their shapes;
+* with ``--compile``: LiteMedSAM S-SAM at the first size only, eager and with its image encoder
+  compiled by TorchInductor (``torch.compile``: forward and backward graphs), and the seconds of
+  the compiled run's warm-up steps (``warmup_s``: the compile, with what TorchInductor's on-disk
+  cache held, and those steps).
 
 Writes ``bench/results/train_cpu.json`` (or ``--out``) with the command and the machine; prints
 one table.
@@ -50,6 +55,7 @@ from measure import (
     measure_matmul_gflops,
     peak_rss_mib,
     run_fresh,
+    top_operators,
 )
 from summary import RESULTS, command_line, save_partial, write_final
 
@@ -72,6 +78,7 @@ class Run:
     clip_checkpoint: str
     profile: bool = False
     passes: int | None = None  # images per pass; None: as ``ssam train`` picks here
+    compiled: bool = False  # the image encoder through torch.compile
 
 
 def default_runs(args: argparse.Namespace, clip: str, vit_b: str | None) -> list[Run]:
@@ -86,6 +93,8 @@ def default_runs(args: argparse.Namespace, clip: str, vit_b: str | None) -> list
         ]
     first = args.sizes[0]
     lite = {**common, "checkpoint": None}  # the package's real weights
+    if args.compile:
+        return [Run("litemedsam", first, "ssam", False, compiled=c, **lite) for c in (False, True)]
     runs = [Run("litemedsam", first, "ssam", False, profile=args.profile, **lite)]
     runs += [Run("litemedsam", first, "ssam", True, **lite)]
     runs += [Run("litemedsam", first, "full", False, **lite)]
@@ -133,24 +142,6 @@ def time_svd_weights(model) -> float:
     return time.perf_counter() - start
 
 
-def profile_ops(model, images, features, target, top: int = 12) -> list[dict]:
-    """The operators of one forward + backward by self CPU time, grouped by input shape."""
-    from torch.profiler import profile
-
-    from ssam.train.losses import segmentation_loss
-
-    with profile(record_shapes=True) as prof:
-        segmentation_loss(model(images, features), target).backward()
-    events = prof.key_averages(group_by_input_shape=True)
-    total = sum(e.self_cpu_time_total for e in events)
-    rows = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:top]
-    return [
-        {"op": e.key, "shapes": str(e.input_shapes)[:120], "calls": e.count,
-         "self_ms": e.self_cpu_time_total / 1e3, "share": e.self_cpu_time_total / total}
-        for e in rows
-    ]  # fmt: skip
-
-
 def child(run: Run) -> dict:
     from ssam.train.batches import chunk_rows
     from ssam.train.losses import segmentation_loss
@@ -177,14 +168,20 @@ def child(run: Run) -> dict:
         parts["optimizer"] = time.perf_counter() - start
         return parts
 
+    encoder = model.image_encoder
+    if run.compiled:
+        model.image_encoder = torch.compile(encoder)
+    start = time.perf_counter()
     for _ in range(run.warmup):
         step()
+    first_steps_s = time.perf_counter() - start
     rates = measure_matmul_gflops(LARGE, LARGE, LARGE, 3)
     gc.collect()
     gc.disable()
     samples = [step() for _ in range(run.steps)]
     gc.enable()
     rates += measure_matmul_gflops(LARGE, LARGE, LARGE, 3)
+    model.image_encoder = encoder  # FLOPs counted eagerly: the same operations
     first = chunks[0]
     n = first.stop - first.start
     with flop_counter() as counter:
@@ -210,8 +207,13 @@ def child(run: Run) -> dict:
         "peak_rss_mib": peak_rss_mib(),
     }
     result.update(training_floor(result))
+    if run.compiled:
+        result["warmup_s"] = first_steps_s  # the compile and the warm-up steps
     if run.profile:
-        result["profile"] = profile_ops(model, images[first], features[first], target[first])
+        one = (images[first], features[first], target[first])  # one micro-batch
+        result["profile"] = top_operators(
+            lambda: segmentation_loss(model(one[0], one[1]), one[2]).backward()
+        )
     return result
 
 
@@ -248,12 +250,16 @@ def format_table(results: dict) -> str:
     for r in results["runs"]:
         p = r["parts_per_image"]
         lines.append(
-            f"| {r['variant']} | {r['size']} | {r['method']} | {'yes' if r['checkpointing'] else 'no'}"
+            f"| {r['variant']} | {r['size']} | {r['method']}{' compiled' if r.get('compiled') else ''}"
+            f" | {'yes' if r['checkpointing'] else 'no'}"
             f" | {r['micro_batch']} | {r['seconds_per_image']:.2f} | {p['forward']:.2f}"
             f" | {p['backward']:.2f} | {p['optimizer']:.3f} | {p['svd_weights']:.3f}"
             f" | {r['floor_s_per_image']:.2f} | {r['floor_ratio']:.2f}"
             f" | {r['peak_rss_mib'] / 1024:.1f} |"
         )
+    for r in results["runs"]:
+        if "warmup_s" in r:
+            lines.append(f"compiled: warm-up steps (the compile included) {r['warmup_s']:.0f} s")
     for row in results.get("first_mask", []):
         lines.append(f"ssam predict, {row['kind']}: first mask after {row['median_s']:.1f} s")
     return "\n".join(lines)
@@ -270,12 +276,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--passes", type=int, default=None, help="images per pass (default: auto)")
     p.add_argument("--mask-repeats", type=int, default=2, help="`ssam predict` first-mask runs")
     p.add_argument("--profile", action="store_true", help="top operators of the first run")
+    p.add_argument("--compile", action="store_true", help="S-SAM eager vs compiled encoder")
     p.add_argument("--quick", action="store_true", help="tiny SAM at 64, batch 2: a smoke run")
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--report", type=Path, default=None, help="a results JSON: print its table")
     args = p.parse_args(argv)
     if args.quick:
         args.batch, args.steps, args.warmup, args.mask_repeats = 2, 1, 0, 0
+    if args.compile:
+        args.warmup, args.mask_repeats = max(args.warmup, 1), 0
     args.out = args.out or RESULTS / ("train_cpu_quick.json" if args.quick else "train_cpu.json")
     return args
 
@@ -296,10 +305,11 @@ def main(argv: list[str] | None = None) -> dict:
         work = Path(tmp)
         clip = str(wl.write_random_clip(work))
         vit_b = None
-        if not (args.quick or args.no_vit_b):
+        if not (args.quick or args.no_vit_b or args.compile):
             vit_b = str(wl.write_random_checkpoint("vit_b", work))
         for run in default_runs(args, clip, vit_b):
-            print(f"{run.variant} {run.size} {run.method} ckpt={run.checkpointing} ...", flush=True)
+            what = f"{run.variant} {run.size} {run.method} ckpt={run.checkpointing}"
+            print(f"{what}{' compiled' if run.compiled else ''} ...", flush=True)
             command = [sys.executable, "-m", "train_cpu", "child", json.dumps(asdict(run))]
             results["runs"].append(run_fresh(command))
             save_partial(results, args.out)

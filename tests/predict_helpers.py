@@ -4,6 +4,9 @@ build their DICOM files with ``dicom_dataset`` too."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -145,3 +148,23 @@ def crop_mri(shared_data: Path, path: Path, first: int = 88, count: int = 3) -> 
 
 def kvasir_image(shared_data: Path) -> Path:
     return sorted((shared_data / "kvasir-seg" / "images").glob("*.jpg"))[0]
+
+
+def predict_on_backend(
+    image: Path, adapter: Path, checkpoint: Path, out: Path, backend: str
+) -> tuple[np.ndarray, str]:
+    """``ssam predict IMAGE --backend BACKEND`` in a real process on one thread, offline: the
+    label map it wrote and its stderr (the run must succeed)."""
+    from ssam.data.io import read_image
+
+    args = ["predict", str(image), "-o", str(out), "--adapter", str(adapter)]
+    args += ["--sam-checkpoint", str(checkpoint), "--backend", backend]
+    done = subprocess.run(
+        [sys.executable, "-m", "ssam", *args, "--threads", "1", "--no-progress", "--offline"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return read_image(out / f"{image.stem}.png")[0], done.stderr

@@ -1,19 +1,15 @@
 """ONNX Runtime backends: the same label maps as torch on real files, an export cached once per
 adapter + base + size + weight type and written atomically, and ``ssam predict --backend``."""
 
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 from typing import get_args
 
 import numpy as np
 import pytest
 
-from predict_helpers import LABELS, crop_mri, train_adapter
+from predict_helpers import LABELS, crop_mri, kvasir_image, predict_on_backend, train_adapter
 from ssam.cli import choices
-from ssam.data.io import read_image
 from ssam.errors import ConfigError
 from ssam.evaluation.evaluate import build_predictor
 from ssam.inference import backends
@@ -156,7 +152,7 @@ def test_onnx_needs_a_model_file_and_the_cpu(adapter, tiny_checkpoint):
     predictor = SSAMPredictor.from_adapter(adapter, tiny_checkpoint)
     with pytest.raises(ConfigError, match="needs --adapter or --merged"):
         use_backend(predictor, "onnx", None)
-    with pytest.raises(ConfigError, match="one of torch, onnx, onnx-int8"):
+    with pytest.raises(ConfigError, match="one of torch, torch-compile, onnx, onnx-int8"):
         use_backend(predictor, "tensorrt", adapter)
     assert use_backend(predictor, "torch", None) == "backend: torch"
     with pytest.raises(ConfigError, match="needs --adapter"):  # the untrained baseline
@@ -165,27 +161,14 @@ def test_onnx_needs_a_model_file_and_the_cpu(adapter, tiny_checkpoint):
 
 def test_predict_command_runs_on_onnx(adapter, tiny_checkpoint, shared_data, tmp_path):
     """``ssam predict --backend onnx`` in a real process: label map as torch's."""
-    image = sorted((shared_data / "kvasir-seg" / "images").glob("*.jpg"))[0]
+    image = kvasir_image(shared_data)
     source = shutil.copy(adapter, tmp_path / "a.safetensors")
-    outputs = {}
-    for backend in ("torch", "onnx"):
-        out = tmp_path / backend
-        args = ["predict", str(image), "-o", str(out), "--adapter", str(source)]
-        args += ["--sam-checkpoint", str(tiny_checkpoint), "--backend", backend]
-        done = subprocess.run(
-            [sys.executable, "-m", "ssam", *args, "--threads", "1", "--no-progress", "--offline"],
-            capture_output=True,
-            text=True,
-            env={**os.environ, "OMP_NUM_THREADS": "1"},
-            timeout=300,
-        )
-        assert done.returncode == 0, done.stderr[-3000:]
-        outputs[backend] = read_image(out / f"{image.stem}.png")[0]
-        if backend == "onnx":
-            assert "backend: onnx (onnxruntime on 1 thread(s)" in done.stderr
+    reference, _ = predict_on_backend(image, source, tiny_checkpoint, tmp_path / "torch", "torch")
+    onnx, stderr = predict_on_backend(image, source, tiny_checkpoint, tmp_path / "onnx", "onnx")
+    assert "backend: onnx (onnxruntime on 1 thread(s)" in stderr
     assert list((tmp_path / "onnx-cache").iterdir())
-    differing = int((outputs["torch"] != outputs["onnx"]).sum())
-    assert differing <= 0.001 * outputs["torch"].size, differing
+    differing = int((reference != onnx).sum())
+    assert differing <= 0.001 * reference.size, differing
 
 
 @pytest.mark.parametrize("command", ["predict", "evaluate", "serve"])
@@ -196,4 +179,4 @@ def test_commands_offer_the_backends(command):
 
     result = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "200"})
     assert result.exit_code == 0 and "--backend" in result.output
-    assert "onnx-int8" in result.output
+    assert "onnx-int8" in result.output and "torch-compile" in result.output

@@ -25,6 +25,7 @@ def test_suite_quick_measures_every_configuration(bench_modules, tmp_path, capsy
     results = json.loads(out.read_text())
     printed = capsys.readouterr().out
     assert "Training step" in printed and "command: python bench/run_suite.py" in printed
+    assert results["command"] == f"python bench/run_suite.py --quick --threads 1 --out {out}"
     settings = results["settings"]
     assert settings["variant"] == "tiny" and settings["threads"] == 1
     trained = {(r["config"], r["batch"]) for r in results["training"]}
@@ -125,17 +126,21 @@ def test_reference_code_without_a_checkout_stops_with_one_line(
         assert str((tmp_path / given).resolve()) in err[0]
 
 
+@pytest.mark.slow  # compiles the tiny encoder at 1 and 2 threads
 def test_backends_quick_times_every_backend_against_the_floor(bench_modules, tmp_path, capsys):
     pytest.importorskip("onnxruntime")
     import backends
 
     out = tmp_path / "backends.json"
-    backends.main(["--quick", "--rounds", "1", "--out", str(out)])
+    backends.main(["--quick", "--rounds", "1", "--profile", "--out", str(out)])
     results = json.loads(out.read_text())
     assert results["command"].startswith("python bench/backends.py --quick")
     cells = {(r["backend"], r["batch"], r["threads"]) for r in results["rows"]}
-    backend_names = ("torch", "torch-plain", "onnx", "onnx-int8")
+    backend_names = ("torch", "torch-plain", "torch-compile", "onnx", "onnx-int8")
     assert cells == {(b, n, t) for b in backend_names for n in (1, 8) for t in (1, 2)}
+    assert set(results["first_use_s"]) == {"torch-compile", "onnx", "onnx-int8"}
+    assert set(results["profile"]) == {"torch", "torch-compile"}
+    assert all(0 < op["share"] <= 1 for ops in results["profile"].values() for op in ops)
     for row in results["rows"]:
         assert row["ms_per_image"] > 0 and row["floor_ms_per_image"] > 0
     floor = results["floor"]
@@ -229,3 +234,22 @@ def test_flop_counter_counts_a_depthwise_backward_as_two_forwards(bench_modules)
         with flop_counter() as counter:
             y.sum().backward()
         assert counter.get_total_flops() == 2 * forward
+
+
+@pytest.mark.parametrize("size", [96, 256])
+def test_methods_table_has_one_column_per_box_size(bench_modules, size):
+    import compare_methods
+
+    score = {"labels": {"polyp": {"dice": 0.5, "dice_sd_cases": 0.1}}, "trainable": 10}
+    score |= {"seconds_per_epoch": 3.0, "peak_rss_mib": 1024.0}
+    boxes = {f"box_{b}": {"polyp": {"dice": 0.9}} for b in (size, 256)}
+    output = {
+        "settings": {"methods": ["ssam", "lora"], "image_size": size},
+        "table": {"kvasir": {"ssam": score, "lora": score}},
+        "datasets": {"kvasir": {"references": {"untrained": {"polyp": {"dice": 0.1}}, **boxes}}},
+        "picked_lr": {"ssam": 3e-3, "lora": 1e-3},
+    }
+    lines = compare_methods.markdown_table(output).splitlines()
+    head = [c.strip() for c in lines[0].strip("|").split("|")]
+    assert len(head) == len(set(head)) == 5 + (size != 256)  # 2 methods
+    assert {line.count("|") for line in lines} == {len(head) + 1}

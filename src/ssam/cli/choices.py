@@ -18,10 +18,14 @@ IntensityOption = Literal["trained", "auto", "rgb", "minmax", "ct", "mri"]
 Variant = Literal["litemedsam", "vit_b", "vit_l", "vit_h", "medsam_vit_b", "tiny"]
 Method = Literal["ssam", "lora", "bias", "decoder", "token", "full"]
 Split = Literal["train", "val", "test", "all"]
-Backend = Literal["torch", "onnx", "onnx-int8"]
+Backend = Literal["torch", "torch-compile", "onnx", "onnx-int8"]
 
 INTENSITY_PRESETS: tuple[str, ...] = get_args(Intensity)
 SAM_VARIANTS: tuple[str, ...] = get_args(Variant)
 METHODS: tuple[str, ...] = get_args(Method)
 SPLITS: tuple[str, ...] = get_args(Split)
 BACKENDS: tuple[str, ...] = get_args(Backend)
+BACKEND_HELP = (
+    "where the model runs (torch-compile: the image encoder compiled at start, tens of "
+    "seconds; onnx: onnxruntime, exported once and cached)"
+)

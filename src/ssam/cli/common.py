@@ -241,10 +241,11 @@ def load_option_predictor(
 ) -> SSAMPredictor:
     """The predictor that --adapter/--merged, --offline, --intensity (with a CT ``window`` of
     level and width), --batch-size and --backend describe: the model of ``ssam predict`` and
-    ``serve``. An ONNX backend exports on first use (cached beside the model file)."""
-    from ssam.inference.backends import use_backend
+    ``serve``. An ONNX backend exports on first use (cached beside the model file);
+    torch-compile compiles the image encoder at start."""
+    from ssam.inference.backends import ONNX_BACKENDS, use_backend
 
-    if backend != "torch":  # before the model loads: a missing package fails at once
+    if backend in ONNX_BACKENDS:  # before the model loads: a missing package fails at once
         require_packages(f"--backend {backend}", ONNX_PACKAGES)
     predictor = load_predictor(
         adapter,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from ssam.cli.choices import Backend, Split
+from ssam.cli.choices import BACKEND_HELP, Backend, Split
 from ssam.cli.common import label_list_option
 
 
@@ -34,9 +34,7 @@ def evaluate_entry(
         None, help="torch CPU threads: a number, or auto (default: the config's, auto)"
     ),
     set_: list[str] = typer.Option([], "--set", help="override any setting: key=value"),
-    backend: Backend = typer.Option(
-        "torch", help="where the model runs (onnx: onnxruntime, exported once and cached)"
-    ),
+    backend: Backend = typer.Option("torch", help=BACKEND_HELP),
 ) -> None:
     """Score an adapter at the original resolution (volumes as volumes, HD95 in mm)."""
     from ssam.cli.common import (

@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ssam.cli.choices import Backend, IntensityOption
+from ssam.cli.choices import BACKEND_HELP, Backend, IntensityOption
 from ssam.cli.common import intensity_option, parse_labels
 from ssam.errors import ConfigError
 
@@ -94,9 +94,7 @@ def predict_entry(
     offline: bool = typer.Option(False, help="never download weights"),
     progress: bool = typer.Option(True, help="show progress bars (on a terminal only)"),
     threads: str = typer.Option("auto", help="torch CPU threads: a number, or auto"),
-    backend: Backend = typer.Option(
-        "torch", help="where the model runs (onnx: onnxruntime, exported once and cached)"
-    ),
+    backend: Backend = typer.Option("torch", help=BACKEND_HELP),
 ) -> None:
     """Segment each case by label name; write label maps, overlays and sizes (JSON).
 

@@ -8,7 +8,7 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 
-from ssam.cli.choices import Backend, IntensityOption
+from ssam.cli.choices import BACKEND_HELP, Backend, IntensityOption
 from ssam.cli.common import intensity_option
 from ssam.errors import SERVE_PACKAGES, ConfigError, require_packages
 from ssam.web.settings import MIB, ServerSettings
@@ -99,9 +99,7 @@ def serve_entry(
     offline: bool = typer.Option(False, help="never download weights"),
     log_level: str = typer.Option("info", help="uvicorn log level"),
     threads: str = typer.Option("auto", help="torch CPU threads: a number, or auto"),
-    backend: Backend = typer.Option(
-        "torch", help="where the model runs (onnx: onnxruntime, exported once and cached)"
-    ),
+    backend: Backend = typer.Option("torch", help=BACKEND_HELP),
 ) -> None:
     """Serve the web page and HTTP API: segment uploads by label name in a browser."""
     require_packages("ssam serve", SERVE_PACKAGES)

@@ -38,7 +38,7 @@ from ssam.evaluation.plots import (
 )
 from ssam.evaluation.report import MetricsTable
 from ssam.factory import create_model
-from ssam.inference.backends import use_backend
+from ssam.inference.backends import ONNX_BACKENDS, use_backend
 from ssam.inference.predictor import SSAMPredictor
 
 Split = Literal["train", "val", "test", "all"]
@@ -125,7 +125,7 @@ def build_predictor(
 ) -> SSAMPredictor:
     """The adapter's predictor, its model run on ``backend`` (``ssam.inference.backends``);
     without one, the untrained model (fresh adapter: W' = W, the text-affine layer as training
-    initialises it from ``config.seed``): a baseline, torch only."""
+    initialises it from ``config.seed``): a baseline, in torch (eager or compiled)."""
     if adapter is not None:
         predictor = SSAMPredictor.from_adapter(
             adapter,
@@ -136,11 +136,13 @@ def build_predictor(
         )
         use_backend(predictor, backend, adapter)
         return predictor
-    if backend != "torch":
+    if backend in ONNX_BACKENDS:
         raise ConfigError(f"--backend {backend} needs --adapter: the baseline runs in torch")
     torch.manual_seed(config.seed)  # as training does before building its model
     model = create_model(config.model)
-    return SSAMPredictor(model, (), batch_size=batch_size)
+    predictor = SSAMPredictor(model, (), batch_size=batch_size)
+    use_backend(predictor, backend, None)
+    return predictor
 
 
 def score_case(

@@ -19,6 +19,9 @@ TinyViT lives here, so no code asks which variant it holds:
 * ``prepare_inference``: in-place, inference-only speed-ups of an eval-mode encoder that keep
   its outputs to float error (TinyViT: BatchNorm folding, channels-last convolutions, one
   image per pass on a CPU);
+* ``compiled_method``: the encoder method ``--backend torch-compile`` compiles (TinyViT:
+  ``encode``, one pass, under the ``forward`` that splits a CPU batch into one-image passes,
+  so one graph serves every batch size);
 * ``train_bytes_per_pixel``: activation memory of a training pass (S-SAM, float32) per input
   pixel, measured: what ``micro_batch_size: auto`` plans with; ``checkpointed_bytes_per_pixel``
   the same with activation checkpointing of the encoder's early stages (None: the family's
@@ -70,6 +73,7 @@ class EncoderFamily:
     cpu_pass_pixels: int | None = None
     cpu_image_size: int | None = None
     prepare_inference: Callable[[nn.Module], None] = lambda encoder: None
+    compiled_method: str = "forward"
 
     def grid(self, spec: SamSpec, image_size: int) -> int:
         """Side of the image embedding for S x S inputs."""
@@ -157,6 +161,7 @@ TINY_VIT = EncoderFamily(
     cpu_pass_pixels=2 * 128 * 128,  # 2 images at 128 px, 1 from 160 px up
     cpu_image_size=160,
     prepare_inference=prepare_inference,
+    compiled_method="encode",
 )
 
 FAMILIES: dict[str, EncoderFamily] = {f.name: f for f in (VIT, TINY_VIT)}

@@ -1,0 +1,62 @@
+"""``--backend torch-compile``: the adapter merged and the image encoder compiled by TorchInductor
+give the plain model's masks, on LiteMedSAM's TinyViT (its one-image pass compiled) and on a
+ViT (its forward), through the library and ``ssam predict``; a compiler that cannot run is a
+clear error and leaves the eager model working."""
+
+import shutil
+
+import numpy as np
+import pytest
+
+from predict_helpers import LABELS, crop_mri, kvasir_image, predict_on_backend
+from ssam.errors import ConfigError
+from ssam.inference import backends
+from ssam.inference.backends import use_backend
+from ssam.inference.predictor import SSAMPredictor
+from ssam.tuning.svd import iter_svd_layers
+
+# A test-time compile takes tens of seconds on two cores.
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("single_thread")]
+
+
+def test_compiled_tiny_vit_predicts_as_the_plain_model(lite_adapter, shared_data, tmp_path):
+    plain = SSAMPredictor.from_adapter(lite_adapter, prepare_encoder=False)
+    compiled = SSAMPredictor.from_adapter(lite_adapter, batch_size=2)
+    assert list(iter_svd_layers(compiled.model))
+    line = use_backend(compiled, "torch-compile", None)
+    assert line.startswith("backend: torch-compile (adapter merged, image encoder compiled")
+    encoder = compiled.model.image_encoder
+    assert "encode" in vars(encoder) and not list(iter_svd_layers(compiled.model))
+    assert "compiled by TorchInductor in 0 s" in use_backend(compiled, "torch-compile", None)
+    volume = crop_mri(shared_data, tmp_path / "flair.nii.gz")  # 3 slices, passes of 2
+    for path in (kvasir_image(shared_data), volume):
+        a = plain.segment_file(path, list(LABELS))
+        b = compiled.segment_file(path, list(LABELS))
+        assert np.abs(a.probabilities - b.probabilities).max() < 1e-4, path
+        assert (a.label_map != b.label_map).mean() < 1e-4, path  # only ties between labels
+
+
+def test_a_compiler_that_cannot_run_is_named(lite_adapter, monkeypatch):
+    predictor = SSAMPredictor.from_adapter(lite_adapter)
+    missing = {**backends.COMPILE_OPTIONS, "cpp.cxx": (None, "/nonexistent/g++")}
+    monkeypatch.setattr(backends, "COMPILE_OPTIONS", missing)
+    with pytest.raises(ConfigError, match="could not compile the image encoder.*--backend torch"):
+        use_backend(predictor, "torch-compile", None)
+    assert "encode" not in vars(predictor.model.image_encoder)  # eager again, and it runs
+    assert predictor.segment(
+        np.arange(1024, dtype=np.uint8).reshape(32, 32), "liver"
+    ).masks.shape == (1, 32, 32)
+
+
+def test_predict_command_runs_compiled(adapter, tiny_checkpoint, shared_data, tmp_path):
+    """``ssam predict --backend torch-compile`` in a real process, on the tiny ViT: the label
+    map of the eager run."""
+    image = kvasir_image(shared_data)
+    source = shutil.copy(adapter, tmp_path / "a.safetensors")
+    reference, _ = predict_on_backend(image, source, tiny_checkpoint, tmp_path / "eager", "torch")
+    compiled, stderr = predict_on_backend(
+        image, source, tiny_checkpoint, tmp_path / "compiled", "torch-compile"
+    )
+    assert "compiled by TorchInductor in" in stderr and "1 thread(s)" in stderr
+    differing = int((reference != compiled).sum())
+    assert differing <= 0.001 * reference.size, differing
