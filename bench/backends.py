@@ -1,5 +1,5 @@
-"""Inference backends: PyTorch vs ONNX Runtime float32 vs ONNX Runtime int8 weights, per image,
-against the float32 floor; and the Dice int8 costs on real cases.
+"""Inference backends: PyTorch eager and compiled vs ONNX Runtime float32 and int8 weights, per
+image, against the float32 floor; and the Dice each backend changes on real cases.
 
     python bench/backends.py [--quick] [--rounds 5] [--variant vit_b] [--size 256] [--out FILE]
     python bench/backends.py --adapter RUN/best.safetensors (--config CFG | --data DIR --label
@@ -52,12 +52,12 @@ MATMUL = 2048  # the floor's float32 matmul: MATMUL^3, about 17 GFLOP
 
 def build_predictors(variant: str, size: int, folder: Path) -> tuple[dict, Path]:
     """Predictors over a random base + an adapter with every trainable tensor moved a little
-    (so merging changes weights), by row name: "torch" (the ONNX backends swap its runtime),
-    "torch-plain" (without the encoder's inference speed-ups), "torch-compile"; and the
-    adapter's path (the export is keyed by it)."""
+    (so merging changes weights), by row name: "torch" (eager; the ONNX rows share it and swap
+    its runtime), "torch-plain" (without the encoder's inference speed-ups), "torch-compile"
+    (its own, compiled in place); and the adapter's path (the export is keyed by it)."""
     base, adapter = write_moved_adapter(variant, size, folder, ["polyp"])
-    reference = SSAMPredictor.from_adapter(adapter, base)
-    predictors = {b: reference for b in BACKENDS}
+    eager = SSAMPredictor.from_adapter(adapter, base)
+    predictors = {b: eager for b in BACKENDS}
     predictors["torch-compile"] = SSAMPredictor.from_adapter(adapter, base)
     predictors["torch-plain"] = SSAMPredictor.from_adapter(adapter, base, prepare_encoder=False)
     return predictors, adapter

@@ -252,6 +252,11 @@ def box_reference_at(config, cases: list, labels: list[str], size: int) -> dict:
     return score_box_reference(predictor, cases, labels)
 
 
+def box_sizes(image_size: int) -> list[int]:
+    """The box-prompted reference's input sizes: the run's, and the base's own 256."""
+    return sorted({image_size, 256})
+
+
 def references(entry: dict, args, work: Path) -> dict:
     """The untrained model's and the box-prompted base's scores on the validation cases."""
     from ssam.evaluation.evaluate import evaluate, select_split_cases
@@ -261,7 +266,7 @@ def references(entry: dict, args, work: Path) -> dict:
     cases = select_split_cases(config, "val")[entry["name"]]
     labels = list(cases[0].labels)
     out = {"untrained": label_scores(untrained.table), "val_cases": len(cases)}
-    for size in sorted({args.image_size, 256}):
+    for size in box_sizes(args.image_size):
         boxes = box_reference_at(config, cases, labels, size)
         out[f"box_{size}"] = {
             k: {"dice": float(np.mean(v)), "dice_sd": float(np.std(v)), "n": len(v)}
@@ -424,7 +429,7 @@ def markdown_table(output: dict) -> str:
     trainable parameters, seconds per epoch and peak RSS per method."""
     methods = list(output["settings"]["methods"])
     size = output["settings"]["image_size"]
-    boxes = sorted({size, 256})  # the box at the run's size, and at the base's own
+    boxes = box_sizes(size)
     head = ["dataset / label", "untrained", *(f"GT box {b} px" for b in boxes), *methods]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, rows in output["table"].items():

@@ -210,9 +210,9 @@ def child(run: Run) -> dict:
     if run.compiled:
         result["warmup_s"] = first_steps_s  # the compile and the warm-up steps
     if run.profile:
-        one = (images[first], features[first], target[first])  # one micro-batch
+        pass_images, pass_features, pass_target = images[first], features[first], target[first]
         result["profile"] = top_operators(
-            lambda: segmentation_loss(model(one[0], one[1]), one[2]).backward()
+            lambda: segmentation_loss(model(pass_images, pass_features), pass_target).backward()
         )
     return result
 

@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 
-from predict_helpers import LABELS, crop_mri, kvasir_image, predict_on_backend
+from predict_helpers import LABELS, crop_mri, kvasir_image, predict_on_backend, train_adapter
 from ssam.errors import ConfigError
 from ssam.inference import backends
 from ssam.inference.backends import use_backend
@@ -36,12 +36,35 @@ def test_compiled_tiny_vit_predicts_as_the_plain_model(lite_adapter, shared_data
         assert (a.label_map != b.label_map).mean() < 1e-4, path  # only ties between labels
 
 
+def test_each_compiled_model_keeps_its_weights_and_takes_any_batch(
+    adapter, tiny_checkpoint, shared_data, tmp_path
+):
+    """Two adapters on one base compiled in one process (frozen weights must not be shared
+    between their graphs), a ViT fed batches of 2 and 1 slices: each as its own eager model."""
+    other = train_adapter(tiny_checkpoint, tmp_path / "other", steps=6)
+    volume = crop_mri(shared_data, tmp_path / "flair.nii.gz")  # 3 slices: batches of 2 and 1
+    compiled = []
+    for source in (adapter, other):
+        predictor = SSAMPredictor.from_adapter(source, tiny_checkpoint, batch_size=2)
+        use_backend(predictor, "torch-compile", None)
+        compiled.append(predictor)
+    results = []
+    for source, predictor in zip((adapter, other), compiled, strict=True):
+        eager = SSAMPredictor.from_adapter(source, tiny_checkpoint, batch_size=2)
+        a = eager.segment_file(volume, list(LABELS))
+        b = predictor.segment_file(volume, list(LABELS))
+        assert np.abs(a.probabilities - b.probabilities).max() < 1e-4, source
+        results.append(a.probabilities)
+    assert np.abs(results[0] - results[1]).max() > 1e-2  # the two adapters differ
+
+
 def test_a_compiler_that_cannot_run_is_named(lite_adapter, monkeypatch):
     predictor = SSAMPredictor.from_adapter(lite_adapter)
     missing = {**backends.COMPILE_OPTIONS, "cpp.cxx": (None, "/nonexistent/g++")}
     monkeypatch.setattr(backends, "COMPILE_OPTIONS", missing)
-    with pytest.raises(ConfigError, match="could not compile the image encoder.*--backend torch"):
+    with pytest.raises(ConfigError, match="could not compile the image encoder") as raised:
         use_backend(predictor, "torch-compile", None)
+    assert "/nonexistent/g++" in str(raised.value) and "--backend torch" in str(raised.value)
     assert "encode" not in vars(predictor.model.image_encoder)  # eager again, and it runs
     assert predictor.segment(
         np.arange(1024, dtype=np.uint8).reshape(32, 32), "liver"

@@ -215,7 +215,7 @@ def evaluate(
     beside the adapter, or ``<output_dir of the config>/eval-untrained-<split>``), and with
     ``pictures`` ``dice_per_case.png`` and ``worst_cases.png`` (the lowest-Dice cases).
     ``on_case`` is called with each case id once it is scored; ``progress``: a bar over the
-    cases on stderr; ``backend``: where the model runs (torch, onnx, onnx-int8); ``say``
+    cases on stderr; ``backend``: where the model runs (one of ``ssam.inference.backends.BACKENDS``); ``say``
     receives one line naming the base model and where its weights came from (also in the
     summary's ``base``)."""
     if output_dir is None:

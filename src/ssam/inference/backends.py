@@ -3,8 +3,8 @@ cached beside the model.
 
 ``torch-compile``: the adapter merged into the model in place (W' folded into plain layers) and
 the image encoder compiled by TorchInductor (``torch.compile``) with its weights frozen as
-constants (``freezing``: folded and pre-packed for oneDNN on a CPU). One warm-up call at start
-pays the compile (LiteMedSAM at 256 px on two cores: about 40-60 s the first time, 12-18 s
+constants (``freezing``: folded and pre-packed for oneDNN on a CPU). Warm-up calls at start
+pay the compile (LiteMedSAM at 256 px on two cores: 37-59 s on first compiles, 12-18 s
 once TorchInductor's on-disk cache holds the graphs), so it pays off over many images or
 slices. The compiled graph is specialised to the input size and the CPU thread count (another
 count recompiles). It needs a C++ compiler on a CPU (Triton on a GPU); the mask decoder stays
@@ -54,7 +54,7 @@ if TYPE_CHECKING:
 
 Backend = Literal["torch", "torch-compile", "onnx", "onnx-int8"]
 BACKENDS: tuple[str, ...] = get_args(Backend)
-ONNX_BACKENDS = ("onnx", "onnx-int8")
+ONNX_BACKENDS = tuple(b for b in BACKENDS if b.startswith("onnx"))
 COMPILE_OPTIONS = {"freezing": True}  # TorchInductor: weights are constants of the graph
 EXPORT_VERSION = 1  # part of every cache key: a changed export never reuses an old folder
 RECORD = "backend.json"  # written last: a folder without it is not a finished export
@@ -208,8 +208,11 @@ def describe_weights(predictor: SSAMPredictor, source: Path) -> dict[str, str]:
 
 def compile_encoder(predictor: SSAMPredictor) -> float:
     """Merge the adapter into ``predictor``'s model and compile its image encoder, in place
-    (see the module doc); one warm-up encode compiles it. Returns the seconds that took.
-    The compiled method is set on the encoder instance, so compiling twice does nothing."""
+    (see the module doc). Warm-up encodes compile it at start: one image, then two when the
+    predictor batches slices, so an encoder that sees whole batches (a ViT, TinyViT on a GPU)
+    gets its batch-size-dynamic graph now rather than mid-run. Returns the seconds that took.
+    The compiled method is set on the encoder instance, so compiling twice does nothing. If
+    the compile fails the eager method comes back; the model stays merged (the same outputs)."""
     from ssam.inference.merge import merge_adapted_weights
     from ssam.sam.families import get_family
 
@@ -223,14 +226,16 @@ def compile_encoder(predictor: SSAMPredictor) -> float:
     size = predictor.image_size
     start = time.perf_counter()
     try:
-        predictor.encode(torch.zeros(1, 3, size, size))
+        for batch in sorted({1, min(2, predictor.batch_size)}):
+            predictor.encode(torch.zeros(batch, 3, size, size))
     except Exception as err:  # the compiler's own errors vary: no C++ compiler, no Triton
         delattr(encoder, name)  # the class's eager method again
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        cause = getattr(err, "inner_exception", None) or err  # TorchDynamo wraps the compiler's
+        reason = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
         raise ConfigError(
-            f"--backend torch-compile could not compile the image encoder ({reason}); "
-            "TorchInductor needs a C++ compiler on a CPU (Triton on a GPU): "
-            "use --backend torch"
+            f"--backend torch-compile could not compile the image encoder "
+            f"({type(cause).__name__}: {reason}); TorchInductor needs a C++ compiler on a CPU "
+            "(Triton on a GPU): use --backend torch"
         ) from err
     return time.perf_counter() - start
 

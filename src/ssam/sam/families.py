@@ -21,7 +21,7 @@ TinyViT lives here, so no code asks which variant it holds:
   image per pass on a CPU);
 * ``compiled_method``: the encoder method ``--backend torch-compile`` compiles (TinyViT:
   ``encode``, one pass, under the ``forward`` that splits a CPU batch into one-image passes,
-  so one graph serves every batch size);
+  so on a CPU one graph serves every batch size);
 * ``train_bytes_per_pixel``: activation memory of a training pass (S-SAM, float32) per input
   pixel, measured: what ``micro_batch_size: auto`` plans with; ``checkpointed_bytes_per_pixel``
   the same with activation checkpointing of the encoder's early stages (None: the family's
