@@ -1,14 +1,13 @@
 """``--backend torch-compile``: the adapter merged and the image encoder compiled by TorchInductor
 give the plain model's masks, on LiteMedSAM's TinyViT (its one-image pass compiled) and on a
-ViT (its forward), through the library and ``ssam predict``; a compiler that cannot run is a
-clear error and leaves the eager model working."""
-
-import shutil
+ViT (its forward), through the library and the loader of ``ssam predict``/``serve``; a compiler
+that cannot run is a clear error and leaves the eager model working."""
 
 import numpy as np
 import pytest
 
-from predict_helpers import LABELS, crop_mri, kvasir_image, predict_on_backend, train_adapter
+from predict_helpers import LABELS, crop_mri, kvasir_image, train_adapter
+from ssam.cli.common import load_option_predictor
 from ssam.errors import ConfigError
 from ssam.inference import backends
 from ssam.inference.backends import use_backend
@@ -37,17 +36,20 @@ def test_compiled_tiny_vit_predicts_as_the_plain_model(lite_adapter, shared_data
 
 
 def test_each_compiled_model_keeps_its_weights_and_takes_any_batch(
-    adapter, tiny_checkpoint, shared_data, tmp_path
+    adapter, tiny_checkpoint, shared_data, tmp_path, capsys
 ):
     """Two adapters on one base compiled in one process (frozen weights must not be shared
-    between their graphs), a ViT fed batches of 2 and 1 slices: each as its own eager model."""
+    between their graphs), a ViT fed batches of 2 and 1 slices: each as its own eager model.
+    Loaded as ``ssam predict --backend torch-compile`` loads its model."""
     other = train_adapter(tiny_checkpoint, tmp_path / "other", steps=6)
     volume = crop_mri(shared_data, tmp_path / "flair.nii.gz")  # 3 slices: batches of 2 and 1
-    compiled = []
-    for source in (adapter, other):
-        predictor = SSAMPredictor.from_adapter(source, tiny_checkpoint, batch_size=2)
-        use_backend(predictor, "torch-compile", None)
-        compiled.append(predictor)
+    compiled = [
+        load_option_predictor(
+            source, None, tiny_checkpoint, None, "cpu", True, "trained", 2, backend="torch-compile"
+        )
+        for source in (adapter, other)
+    ]
+    assert capsys.readouterr().err.count("compiled by TorchInductor in") == 2
     results = []
     for source, predictor in zip((adapter, other), compiled, strict=True):
         eager = SSAMPredictor.from_adapter(source, tiny_checkpoint, batch_size=2)
@@ -69,17 +71,3 @@ def test_a_compiler_that_cannot_run_is_named(lite_adapter, monkeypatch):
     assert predictor.segment(
         np.arange(1024, dtype=np.uint8).reshape(32, 32), "liver"
     ).masks.shape == (1, 32, 32)
-
-
-def test_predict_command_runs_compiled(adapter, tiny_checkpoint, shared_data, tmp_path):
-    """``ssam predict --backend torch-compile`` in a real process, on the tiny ViT: the label
-    map of the eager run."""
-    image = kvasir_image(shared_data)
-    source = shutil.copy(adapter, tmp_path / "a.safetensors")
-    reference, _ = predict_on_backend(image, source, tiny_checkpoint, tmp_path / "eager", "torch")
-    compiled, stderr = predict_on_backend(
-        image, source, tiny_checkpoint, tmp_path / "compiled", "torch-compile"
-    )
-    assert "compiled by TorchInductor in" in stderr and "1 thread(s)" in stderr
-    differing = int((reference != compiled).sum())
-    assert differing <= 0.001 * reference.size, differing
